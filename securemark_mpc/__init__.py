@@ -1,0 +1,1 @@
+"""SecureMark-MPC: private split training under CrypTen, fingerprinted copies, traitor tracing."""

@@ -1,0 +1,124 @@
+"""`securemark train`: start every party on this machine and train under MPC."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from securemark_mpc.commands import Command
+from securemark_mpc.config import ConfigError, TrainConfig
+from securemark_mpc.data import DATASETS, PARTITIONERS, DataConfig, load_splits
+from securemark_mpc.models import PRESETS, make_spec
+from securemark_mpc.mpc.launcher import launch_local
+from securemark_mpc.run_folder import RunFolder
+
+EXIT_PARTY_FAILED = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default=defaults.data.dataset, help=f"one of {sorted(DATASETS)}")
+    data.add_argument("--data-root", help="folder holding the data set (all but digits)")
+    data.add_argument("--test-fraction", type=float, default=defaults.data.test_fraction)
+    data.add_argument("--aux-fraction", type=float, default=defaults.data.aux_fraction, help="attacker/auxiliary split")
+    data.add_argument("--max-images", type=int, help="use at most this many images (quick runs)")
+    data.add_argument("--data-owners", type=int, default=defaults.data_owners)
+    data.add_argument("--partition", default=defaults.partition, help=f"one of {sorted(PARTITIONERS)}")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", help=f"preset, one of {sorted(PRESETS)} (default: by image shape)")
+    model.add_argument("--split", type=int, help="number of layers kept under MPC (default: the preset's)")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=defaults.epochs)
+    optim.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    optim.add_argument("--lr", type=float, default=defaults.learning_rate)
+    optim.add_argument("--lr-schedule", default=defaults.lr_schedule, help="cosine or constant")
+    optim.add_argument("--momentum", type=float, default=defaults.momentum)
+    optim.add_argument("--seed", type=int, default=defaults.seed)
+    optim.add_argument("--no-eval", action="store_true", help="skip the per-epoch MPC test evaluation")
+    mpc = parser.add_argument_group("MPC")
+    mpc.add_argument("--provider", default=defaults.provider, help="ttp (default, dealer process) or tfp (insecure)")
+    mpc.add_argument("--insecure", action="store_true", help="allow --provider tfp, which lets rank 0 unmask the data")
+    parser.add_argument("--out", type=Path, help="run folder to create")
+    parser.add_argument("--resume", type=Path, metavar="RUN", help="continue RUN from its last checkpoint")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    data = DataConfig(
+        dataset=args.dataset,
+        data_root=str(Path(args.data_root).resolve()) if args.data_root else None,
+        test_fraction=args.test_fraction,
+        aux_fraction=args.aux_fraction,
+        seed=args.seed,
+        max_images=args.max_images,
+    )
+    return TrainConfig(
+        data=data,
+        data_owners=args.data_owners,
+        partition=args.partition,
+        model=args.model,
+        split=args.split,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        lr_schedule=args.lr_schedule,
+        momentum=args.momentum,
+        seed=args.seed,
+        provider=args.provider,
+        insecure=args.insecure,
+        eval_each_epoch=not args.no_eval,
+    ).validate()
+
+
+def check_runnable(config: TrainConfig) -> None:
+    """Fail fast, before any process starts: data, model and shard count must fit."""
+    splits = load_splits(config.data)
+    try:
+        make_spec(input_shape=splits.image_shape, num_classes=splits.num_classes, preset=config.model, split=config.split)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if config.data_owners > len(splits.train):
+        raise ConfigError(f"--data-owners {config.data_owners} exceeds the {len(splits.train)} training images")
+
+
+def train(run: RunFolder, config: TrainConfig, *, resume: bool = False) -> int:
+    """Launch all parties for `run` and report; returns the exit status."""
+    result = launch_local(
+        run=run, data_owners=config.data_owners, use_dealer=config.provider == "ttp", resume=resume,
+        grace_seconds=config.comm_timeout_seconds + 15,
+    )
+    if not result.ok:
+        print(f"securemark train: training failed\n{result.report()}", file=sys.stderr)
+        return EXIT_PARTY_FAILED
+    metrics = run.read_json("metrics.json")
+    print(
+        f"test accuracy {metrics['test_accuracy']:.4f} after {metrics['epochs']} epochs "
+        f"in {metrics['seconds']:.1f} s; {metrics['comm_bytes'] / 1e6:.0f} MB exchanged; "
+        f"model: {run.model_path}"
+    )
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        run = RunFolder(args.resume)
+        config = run.load_config()
+        return train(run, config, resume=True)
+    if args.out is None:
+        raise ConfigError("--out RUN is required (or --resume RUN)")
+    config = config_from_args(args)
+    check_runnable(config)
+    run = RunFolder(args.out)
+    if run.model_path.exists() or run.checkpoint(0).exists():
+        raise ConfigError(f"{args.out} already holds a run; choose a new --out or use --resume {args.out}")
+    run.save_config(config, argv=sys.argv)
+    return train(run, config)
+
+
+COMMAND = Command(
+    name="train",
+    help="train a split model under MPC with every party on this machine",
+    add_arguments=add_arguments,
+    run=run_command,
+)

@@ -1,0 +1,100 @@
+"""The training run's typed config: one frozen dataclass, saved with every run.
+
+Every party derives the same config from the same arguments; its hash is compared
+between parties at start (see :mod:`securemark_mpc.mpc.session`), so a party launched
+with different settings stops everyone instead of silently training something else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from securemark_mpc.data import DataConfig
+
+PROVIDERS = ("ttp", "tfp")
+
+# Learning-rate multipliers by epoch: name -> f(epoch, epochs).
+SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "constant": lambda epoch, epochs: 1.0,
+    "cosine": lambda epoch, epochs: 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1))),
+}
+
+
+class ConfigError(ValueError):
+    """A user-facing problem with the requested settings (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run. Defaults are the recommended ones."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    data_owners: int = 2
+    partition: str = "iid"
+    model: str | None = None  # preset name; None picks the preset for the data set's shape
+    split: int | None = None  # layers kept under MPC; None keeps the preset's default
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 0.1
+    lr_schedule: str = "cosine"
+    momentum: float = 0.9
+    seed: int = 0
+    provider: str = "ttp"
+    insecure: bool = False
+    eval_each_epoch: bool = True
+    comm_timeout_seconds: float = 45.0
+
+    def validate(self) -> TrainConfig:
+        """Raise ConfigError with a clear message for settings that cannot work."""
+        checks = [
+            (self.data_owners >= 1, f"--data-owners must be at least 1, got {self.data_owners}"),
+            (self.epochs >= 0, f"--epochs must be 0 or more, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.learning_rate > 0, f"--lr must be positive, got {self.learning_rate}"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {sorted(SCHEDULES)}"),
+            (self.provider in PROVIDERS, f"--provider must be one of {PROVIDERS}, got {self.provider!r}"),
+            (self.comm_timeout_seconds > 0, "the communication timeout must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.provider == "tfp" and not self.insecure:
+            raise ConfigError(
+                "--provider tfp lets the model owner (rank 0) generate the Beaver triples and so "
+                "unmask every data owner's images; it is refused unless --insecure is also given"
+            )
+        return self
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """The learning rate of `epoch` (0-based), the same for MPC and plaintext."""
+        return self.learning_rate * SCHEDULES[self.lr_schedule](epoch, self.epochs)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> TrainConfig:
+        fields = dict(payload)
+        fields["data"] = DataConfig(**fields.get("data", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(fields) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**fields)
+
+    def digest(self) -> str:
+        """A stable hash of every setting, compared between parties at start.
+
+        The data root is left out: it is a host-local path that may differ between hosts.
+        """
+        payload = self.to_json()
+        payload["data"].pop("data_root")
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,97 @@
+"""Model files: save the decrypted model, and load untrusted model files safely.
+
+A model file is ``{"format", "spec", "state_dict"}`` saved with ``torch.save``. It is
+always read back with ``weights_only=True`` (never full unpickling), so a malicious
+file cannot run code. Plain state dicts and ``.safetensors`` files are accepted too,
+given the architecture they should match.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from securemark_mpc.models.presets import ModelSpec, build_model
+
+FORMAT = "securemark-model/1"
+
+
+class ModelFileError(ValueError):
+    """The file is missing, unreadable, not a model, or not this architecture (exit 2)."""
+
+
+def save_model(path: Path, *, model: nn.Module, spec: ModelSpec) -> None:
+    """Write a model file that loads back into plain PyTorch with this package alone."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    torch.save({"format": FORMAT, "spec": spec.to_json(), "state_dict": state}, path)
+
+
+def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ModelFileError(f"{path}: reading .safetensors needs the 'safetensors' package") from None
+        try:
+            return load_file(str(path)), None
+        except Exception as error:  # safetensors raises its own error types
+            raise ModelFileError(f"{path}: not a readable safetensors file ({error})") from None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(f"{path}: not a readable PyTorch model file ({first_line})") from None
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return payload["state_dict"], payload["spec"]
+    if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return payload, None
+    raise ModelFileError(f"{path}: holds a {type(payload).__name__}, not a model state dict")
+
+
+def load_model(path: Path, *, expected: ModelSpec | None = None) -> tuple[nn.Sequential, ModelSpec]:
+    """Load a model file safely and check it against the expected architecture.
+
+    Raises ModelFileError for a truncated file, a non-model, another architecture,
+    wrongly shaped tensors, or non-finite weights.
+    """
+    state, spec_json = _read_state(Path(path))
+    spec = ModelSpec.from_json(spec_json) if spec_json is not None else expected
+    if spec is None:
+        raise ModelFileError(f"{path}: a bare state dict needs the run's architecture to load")
+    if expected is not None and spec.to_json()["layers"] != expected.to_json()["layers"]:
+        raise ModelFileError(f"{path}: architecture {spec.preset!r} differs from the run's {expected.preset!r}")
+    model = build_model(spec, seed=0)
+    reference = model.state_dict()
+    missing = sorted(set(reference) - set(state))
+    extra = sorted(set(state) - set(reference))
+    if missing or extra:
+        raise ModelFileError(f"{path}: not this architecture (missing {missing[:4]}, unexpected {extra[:4]})")
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != tuple(reference[name].shape):
+            got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ModelFileError(f"{path}: tensor {name!r} has shape {got}, expected {tuple(reference[name].shape)}")
+        if not torch.isfinite(tensor.float()).all():
+            raise ModelFileError(f"{path}: tensor {name!r} holds NaN or infinite values")
+    model.load_state_dict({name: tensor.float() for name, tensor in state.items()})
+    return model, spec
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(math.prod(p.shape) for p in model.parameters())
+
+
+def read_run_spec(path: Path) -> ModelSpec:
+    """The architecture of a run's own (trusted) model file."""
+    _, spec_json = _read_state(Path(path))
+    if spec_json is None:
+        raise ModelFileError(f"{path}: not a securemark model file")
+    return ModelSpec.from_json(spec_json)

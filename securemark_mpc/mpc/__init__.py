@@ -1,0 +1,1 @@
+"""The MPC training engine: CrypTen set-up, roles, the split protocol, launching."""

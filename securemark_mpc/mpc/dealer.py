@@ -1,0 +1,47 @@
+"""The TTP dealer: hands out correlated randomness (Beaver triples), never data.
+
+CrypTen's own ``TTPServer`` swallows communication errors and returns normally, so a
+dealer that lost its peers would exit with status 0. This loop is CrypTen's, except
+that a broken connection is raised, and the caller exits non-zero naming the cause.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from securemark_mpc.mpc.session import PartyFailure
+
+TRIPLE_KINDS = frozenset({"additive", "square", "binary", "wraps", "B2A"})
+
+
+def serve_triples(crypten: Any) -> None:
+    """Answer the model owner's triple requests until it says 'terminate'."""
+    from crypten.mpc.provider.ttp_provider import TTPServer
+
+    class Dealer(TTPServer):
+        def __init__(self) -> None:  # replaces TTPServer's loop; see module docstring
+            crypten.init()
+            comm = crypten.communicator.get()
+            self.ttp_group = comm.ttp_group
+            self.comm_group = comm.ttp_comm_group
+            self.device = "cpu"
+            self._setup_generators()
+
+        def serve(self) -> None:
+            comm = crypten.communicator.get()
+            ttp_rank = comm.get_ttp_rank()
+            while True:
+                try:
+                    message = comm.recv_obj(0, self.ttp_group)
+                except RuntimeError as error:
+                    raise PartyFailure(f"lost the model owner while waiting for a request: {error}") from None
+                if message == "terminate":
+                    return
+                if message["function"] not in TRIPLE_KINDS:
+                    raise PartyFailure(f"the model owner asked for an unknown triple kind {message['function']!r}")
+                self.device = message["device"]
+                result = getattr(self, message["function"])(*message["args"], **message["kwargs"])
+                comm.send_obj(result.size(), 0, self.ttp_group)
+                comm.broadcast(result, ttp_rank, self.comm_group)
+
+    Dealer().serve()

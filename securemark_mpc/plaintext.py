@@ -1,0 +1,68 @@
+"""The same split training in plain PyTorch: the baseline every MPC number is compared to.
+
+It uses the same shards in the same order, the same seeded batch order, the same
+initialisation and the same optimiser as the MPC protocol, so that MPC weights can be
+checked against these within fixed-point tolerance.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from securemark_mpc.config import TrainConfig
+from securemark_mpc.data import DatasetSplits, LabeledImages, load_splits, partition_shards
+from securemark_mpc.models import ModelSpec, build_model, make_spec
+from securemark_mpc.mpc.protocol import batch_order
+
+
+@dataclass
+class PlaintextResult:
+    model: nn.Sequential
+    spec: ModelSpec
+    test_accuracy: float
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+def training_order(config: TrainConfig, splits: DatasetSplits) -> LabeledImages:
+    """The training images concatenated shard by shard, as the MPC parties share them."""
+    shards = partition_shards(
+        labels=splits.train.labels, num_owners=config.data_owners, scheme=config.partition, seed=config.seed
+    )
+    return splits.train.subset(torch.cat(shards))
+
+
+def accuracy(model: nn.Module, data: LabeledImages) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model(data.images).argmax(dim=1) == data.labels).float().mean())
+
+
+def train_plaintext(config: TrainConfig, *, splits: DatasetSplits | None = None, steps: int | None = None) -> PlaintextResult:
+    """Train the split model in plaintext; `steps` stops early after that many batches."""
+    splits = splits or load_splits(config.data)
+    spec = make_spec(input_shape=splits.image_shape, num_classes=splits.num_classes, preset=config.model, split=config.split)
+    model = build_model(spec, seed=config.seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum)
+    train = training_order(config, splits)
+    result = PlaintextResult(model=model, spec=spec, test_accuracy=0.0)
+    taken = 0
+    for epoch in range(config.epochs):
+        began = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate_at(epoch)
+        model.train()
+        for indices in batch_order(seed=config.seed, epoch=epoch, size=len(train)).split(config.batch_size):
+            if steps is not None and taken >= steps:
+                break
+            loss = nn.functional.cross_entropy(model(train.images[indices]), train.labels[indices])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            taken += 1
+        result.epoch_seconds.append(time.perf_counter() - began)
+    result.test_accuracy = accuracy(model, splits.test)
+    return result

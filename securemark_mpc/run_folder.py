@@ -1,0 +1,66 @@
+"""The run folder: where a training run and everything derived from it live.
+
+    RUN/config.json     resolved TrainConfig and the command line (minGPT habit)
+    RUN/model.pt        the decrypted model (plain PyTorch)
+    RUN/metrics.json    test accuracy, time, communication, per-epoch history
+    RUN/features.pt     the training set's cut-layer features, cached by the owner
+    RUN/checkpoints/    one file per party: its own shares, never another's
+    RUN/logs/           each party's output when launched locally
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from securemark_mpc.config import ConfigError, TrainConfig
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / "model.pt"
+
+    @property
+    def features_path(self) -> Path:
+        return self.root / "features.pt"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    def checkpoint(self, rank: int) -> Path:
+        return self.root / "checkpoints" / f"rank{rank}.pt"
+
+    def log(self, rank: int) -> Path:
+        return self.root / "logs" / f"rank{rank}.log"
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> Path:
+        """Write atomically, so a crash never leaves half a file behind."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / name
+        temporary = path.with_suffix(path.suffix + ".tmp")
+        temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, path)
+        return path
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        path = self.root / name
+        if not path.is_file():
+            raise ConfigError(f"{path} not found: is {self.root} a training run folder?")
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not valid JSON: {error}") from None
+
+    def save_config(self, config: TrainConfig, *, argv: list[str]) -> None:
+        self.write_json("config.json", {"config": config.to_json(), "argv": argv})
+
+    def load_config(self) -> TrainConfig:
+        return TrainConfig.from_json(self.read_json("config.json")["config"])
