@@ -59,7 +59,10 @@ class TrainConfig:
             (self.learning_rate > 0, f"--lr must be positive, got {self.learning_rate}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {sorted(SCHEDULES)}"),
-            (self.provider in PROVIDERS, f"--provider must be one of {PROVIDERS}, got {self.provider!r}"),
+            (
+                self.provider in PROVIDERS,
+                f"--provider must be one of {PROVIDERS}, got {self.provider!r}",
+            ),
             (self.comm_timeout_seconds > 0, "the communication timeout must be positive"),
         ]
         for ok, message in checks:

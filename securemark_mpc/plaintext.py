@@ -15,8 +15,9 @@ from torch import nn
 
 from securemark_mpc.config import TrainConfig
 from securemark_mpc.data import DatasetSplits, LabeledImages, load_splits, partition_shards
-from securemark_mpc.models import ModelSpec, build_model, make_spec
+from securemark_mpc.models import ModelSpec, build_model, make_spec, private_part, save_model
 from securemark_mpc.mpc.protocol import batch_order
+from securemark_mpc.run_folder import RunFolder
 
 
 @dataclass
@@ -30,7 +31,10 @@ class PlaintextResult:
 def training_order(config: TrainConfig, splits: DatasetSplits) -> LabeledImages:
     """The training images concatenated shard by shard, as the MPC parties share them."""
     shards = partition_shards(
-        labels=splits.train.labels, num_owners=config.data_owners, scheme=config.partition, seed=config.seed
+        labels=splits.train.labels,
+        num_owners=config.data_owners,
+        scheme=config.partition,
+        seed=config.seed,
     )
     return splits.train.subset(torch.cat(shards))
 
@@ -41,12 +45,21 @@ def accuracy(model: nn.Module, data: LabeledImages) -> float:
         return float((model(data.images).argmax(dim=1) == data.labels).float().mean())
 
 
-def train_plaintext(config: TrainConfig, *, splits: DatasetSplits | None = None, steps: int | None = None) -> PlaintextResult:
+def train_plaintext(
+    config: TrainConfig, *, splits: DatasetSplits | None = None, steps: int | None = None
+) -> PlaintextResult:
     """Train the split model in plaintext; `steps` stops early after that many batches."""
     splits = splits or load_splits(config.data)
-    spec = make_spec(input_shape=splits.image_shape, num_classes=splits.num_classes, preset=config.model, split=config.split)
+    spec = make_spec(
+        input_shape=splits.image_shape,
+        num_classes=splits.num_classes,
+        preset=config.model,
+        split=config.split,
+    )
     model = build_model(spec, seed=config.seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.learning_rate, momentum=config.momentum
+    )
     train = training_order(config, splits)
     result = PlaintextResult(model=model, spec=spec, test_accuracy=0.0)
     taken = 0
@@ -55,7 +68,9 @@ def train_plaintext(config: TrainConfig, *, splits: DatasetSplits | None = None,
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate_at(epoch)
         model.train()
-        for indices in batch_order(seed=config.seed, epoch=epoch, size=len(train)).split(config.batch_size):
+        for indices in batch_order(seed=config.seed, epoch=epoch, size=len(train)).split(
+            config.batch_size
+        ):
             if steps is not None and taken >= steps:
                 break
             loss = nn.functional.cross_entropy(model(train.images[indices]), train.labels[indices])
@@ -65,4 +80,32 @@ def train_plaintext(config: TrainConfig, *, splits: DatasetSplits | None = None,
             taken += 1
         result.epoch_seconds.append(time.perf_counter() - began)
     result.test_accuracy = accuracy(model, splits.test)
+    return result
+
+
+def write_plaintext_run(run: RunFolder, config: TrainConfig) -> PlaintextResult:
+    """Fill a run folder as MPC training would, but trained in plaintext.
+
+    Same layout (config.json, model.pt, features.pt, metrics.json); used by tests and
+    benchmarks of the later stages (fingerprints, attacks) that do not need MPC.
+    """
+    splits = load_splits(config.data)
+    result = train_plaintext(config, splits=splits)
+    train = training_order(config, splits)
+    with torch.no_grad():
+        features = private_part(result.model, result.spec)(train.images)
+    run.save_config(config, argv=["plaintext"])
+    save_model(run.model_path, model=result.model, spec=result.spec)
+    torch.save({"features": features, "labels": train.labels}, run.features_path)
+    run.write_json(
+        "metrics.json",
+        {
+            "test_accuracy": result.test_accuracy,
+            "seconds": sum(result.epoch_seconds),
+            "comm_bytes": 0,
+            "epochs": config.epochs,
+            "history": [],
+            "trained": "plaintext",
+        },
+    )
     return result

@@ -1,11 +1,11 @@
 """The run folder: where a training run and everything derived from it live.
 
-    RUN/config.json     resolved TrainConfig and the command line (minGPT habit)
-    RUN/model.pt        the decrypted model (plain PyTorch)
-    RUN/metrics.json    test accuracy, time, communication, per-epoch history
-    RUN/features.pt     the training set's cut-layer features, cached by the owner
-    RUN/checkpoints/    one file per party: its own shares, never another's
-    RUN/logs/           each party's output when launched locally
+RUN/config.json     resolved TrainConfig and the command line (minGPT habit)
+RUN/model.pt        the decrypted model (plain PyTorch)
+RUN/metrics.json    test accuracy, time, communication, per-epoch history
+RUN/features.pt     the training set's cut-layer features, cached by the owner
+RUN/checkpoints/    one file per party: its own shares, never another's
+RUN/logs/           each party's output when launched locally
 """
 
 from __future__ import annotations
@@ -62,5 +62,5 @@ class RunFolder:
     def save_config(self, config: TrainConfig, *, argv: list[str]) -> None:
         self.write_json("config.json", {"config": config.to_json(), "argv": argv})
 
-    def load_config(self) -> TrainConfig:
-        return TrainConfig.from_json(self.read_json("config.json")["config"])
+    def load_config(self, name: str = "config.json") -> TrainConfig:
+        return TrainConfig.from_json(self.read_json(name)["config"])

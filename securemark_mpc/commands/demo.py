@@ -13,7 +13,9 @@ from securemark_mpc.run_folder import RunFolder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)"
+    )
     parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
 
 
@@ -32,4 +34,9 @@ def run_command(args: argparse.Namespace) -> int:
     return train(run, config)
 
 
-COMMAND = Command(name="demo", help="run the whole story on the embedded digits data", add_arguments=add_arguments, run=run_command)
+COMMAND = Command(
+    name="demo",
+    help="run the whole story on the embedded digits data",
+    add_arguments=add_arguments,
+    run=run_command,
+)

@@ -32,4 +32,9 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND = Command(name="evaluate", help="report a model file's test accuracy", add_arguments=add_arguments, run=run_command)
+COMMAND = Command(
+    name="evaluate",
+    help="report a model file's test accuracy",
+    add_arguments=add_arguments,
+    run=run_command,
+)

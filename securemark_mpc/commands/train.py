@@ -8,7 +8,7 @@ from pathlib import Path
 
 from securemark_mpc.commands import Command
 from securemark_mpc.config import ConfigError, TrainConfig
-from securemark_mpc.data import DATASETS, PARTITIONERS, DataConfig, load_splits
+from securemark_mpc.data import DATASETS, PARTITIONERS, DataConfig, load_splits, partition_shards
 from securemark_mpc.models import PRESETS, make_spec
 from securemark_mpc.mpc.launcher import launch_local
 from securemark_mpc.run_folder import RunFolder
@@ -22,13 +22,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--dataset", default=defaults.data.dataset, help=f"one of {sorted(DATASETS)}")
     data.add_argument("--data-root", help="folder holding the data set (all but digits)")
     data.add_argument("--test-fraction", type=float, default=defaults.data.test_fraction)
-    data.add_argument("--aux-fraction", type=float, default=defaults.data.aux_fraction, help="attacker/auxiliary split")
+    data.add_argument(
+        "--aux-fraction",
+        type=float,
+        default=defaults.data.aux_fraction,
+        help="attacker/auxiliary split",
+    )
     data.add_argument("--max-images", type=int, help="use at most this many images (quick runs)")
     data.add_argument("--data-owners", type=int, default=defaults.data_owners)
-    data.add_argument("--partition", default=defaults.partition, help=f"one of {sorted(PARTITIONERS)}")
+    data.add_argument(
+        "--partition", default=defaults.partition, help=f"one of {sorted(PARTITIONERS)}"
+    )
     model = parser.add_argument_group("model")
-    model.add_argument("--model", help=f"preset, one of {sorted(PRESETS)} (default: by image shape)")
-    model.add_argument("--split", type=int, help="number of layers kept under MPC (default: the preset's)")
+    model.add_argument(
+        "--model", help=f"preset, one of {sorted(PRESETS)} (default: by image shape)"
+    )
+    model.add_argument(
+        "--split", type=int, help="number of layers kept under MPC (default: the preset's)"
+    )
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=defaults.epochs)
     optim.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -36,12 +47,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--lr-schedule", default=defaults.lr_schedule, help="cosine or constant")
     optim.add_argument("--momentum", type=float, default=defaults.momentum)
     optim.add_argument("--seed", type=int, default=defaults.seed)
-    optim.add_argument("--no-eval", action="store_true", help="skip the per-epoch MPC test evaluation")
+    optim.add_argument(
+        "--no-eval", action="store_true", help="skip the per-epoch MPC test evaluation"
+    )
     mpc = parser.add_argument_group("MPC")
-    mpc.add_argument("--provider", default=defaults.provider, help="ttp (default, dealer process) or tfp (insecure)")
-    mpc.add_argument("--insecure", action="store_true", help="allow --provider tfp, which lets rank 0 unmask the data")
+    mpc.add_argument(
+        "--provider",
+        default=defaults.provider,
+        help="ttp (default, dealer process) or tfp (insecure)",
+    )
+    mpc.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow --provider tfp, which lets rank 0 unmask the data",
+    )
     parser.add_argument("--out", type=Path, help="run folder to create")
-    parser.add_argument("--resume", type=Path, metavar="RUN", help="continue RUN from its last checkpoint")
+    parser.add_argument(
+        "--resume", type=Path, metavar="RUN", help="continue RUN from its last checkpoint"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -75,17 +98,29 @@ def check_runnable(config: TrainConfig) -> None:
     """Fail fast, before any process starts: data, model and shard count must fit."""
     splits = load_splits(config.data)
     try:
-        make_spec(input_shape=splits.image_shape, num_classes=splits.num_classes, preset=config.model, split=config.split)
+        make_spec(
+            input_shape=splits.image_shape,
+            num_classes=splits.num_classes,
+            preset=config.model,
+            split=config.split,
+        )
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if config.data_owners > len(splits.train):
-        raise ConfigError(f"--data-owners {config.data_owners} exceeds the {len(splits.train)} training images")
+    partition_shards(
+        labels=splits.train.labels,
+        num_owners=config.data_owners,
+        scheme=config.partition,
+        seed=config.seed,
+    )
 
 
 def train(run: RunFolder, config: TrainConfig, *, resume: bool = False) -> int:
     """Launch all parties for `run` and report; returns the exit status."""
     result = launch_local(
-        run=run, data_owners=config.data_owners, use_dealer=config.provider == "ttp", resume=resume,
+        run=run,
+        data_owners=config.data_owners,
+        use_dealer=config.provider == "ttp",
+        resume=resume,
         grace_seconds=config.comm_timeout_seconds + 15,
     )
     if not result.ok:
@@ -111,7 +146,9 @@ def run_command(args: argparse.Namespace) -> int:
     check_runnable(config)
     run = RunFolder(args.out)
     if run.model_path.exists() or run.checkpoint(0).exists():
-        raise ConfigError(f"{args.out} already holds a run; choose a new --out or use --resume {args.out}")
+        raise ConfigError(
+            f"{args.out} already holds a run; choose a new --out or use --resume {args.out}"
+        )
     run.save_config(config, argv=sys.argv)
     return train(run, config)
 

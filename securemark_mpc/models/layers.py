@@ -17,7 +17,9 @@ Shape = tuple[int, ...]
 LayerSpec = dict[str, Any]
 
 
-def _conv(shape: Shape, *, out: int, kernel: int, stride: int = 1, padding: int = 0) -> tuple[nn.Module, Shape]:
+def _conv(
+    shape: Shape, *, out: int, kernel: int, stride: int = 1, padding: int = 0
+) -> tuple[nn.Module, Shape]:
     channels, height, width = shape
     layer = nn.Conv2d(channels, out, kernel, stride=stride, padding=padding)
     size = lambda n: (n + 2 * padding - kernel) // stride + 1  # noqa: E731
@@ -73,5 +75,7 @@ def build_layer(spec: LayerSpec, shape: Shape) -> tuple[nn.Module, Shape]:
     try:
         builder = LAYERS[spec["kind"]]
     except KeyError:
-        raise ValueError(f"unknown layer kind {spec.get('kind')!r}; known: {sorted(LAYERS)}") from None
+        raise ValueError(
+            f"unknown layer kind {spec.get('kind')!r}; known: {sorted(LAYERS)}"
+        ) from None
     return builder(shape, **options)

@@ -40,15 +40,26 @@ def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | N
         try:
             from safetensors.torch import load_file
         except ImportError:  # pragma: no cover - depends on the environment
-            raise ModelFileError(f"{path}: reading .safetensors needs the 'safetensors' package") from None
+            raise ModelFileError(
+                f"{path}: reading .safetensors needs the 'safetensors' package"
+            ) from None
         try:
             return load_file(str(path)), None
         except Exception as error:  # safetensors raises its own error types
             raise ModelFileError(f"{path}: not a readable safetensors file ({error})") from None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+    ) as error:
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
         raise ModelFileError(f"{path}: not a readable PyTorch model file ({first_line})") from None
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         return payload["state_dict"], payload["spec"]
@@ -68,17 +79,25 @@ def load_model(path: Path, *, expected: ModelSpec | None = None) -> tuple[nn.Seq
     if spec is None:
         raise ModelFileError(f"{path}: a bare state dict needs the run's architecture to load")
     if expected is not None and spec.to_json()["layers"] != expected.to_json()["layers"]:
-        raise ModelFileError(f"{path}: architecture {spec.preset!r} differs from the run's {expected.preset!r}")
+        raise ModelFileError(
+            f"{path}: architecture {spec.preset!r} differs from the run's {expected.preset!r}"
+        )
     model = build_model(spec, seed=0)
     reference = model.state_dict()
     missing = sorted(set(reference) - set(state))
     extra = sorted(set(state) - set(reference))
     if missing or extra:
-        raise ModelFileError(f"{path}: not this architecture (missing {missing[:4]}, unexpected {extra[:4]})")
+        raise ModelFileError(
+            f"{path}: not this architecture (missing {missing[:4]}, unexpected {extra[:4]})"
+        )
     for name, tensor in state.items():
-        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != tuple(reference[name].shape):
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != tuple(
+            reference[name].shape
+        ):
             got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-            raise ModelFileError(f"{path}: tensor {name!r} has shape {got}, expected {tuple(reference[name].shape)}")
+            raise ModelFileError(
+                f"{path}: tensor {name!r} has shape {got}, expected {tuple(reference[name].shape)}"
+            )
         if not torch.isfinite(tensor.float()).all():
             raise ModelFileError(f"{path}: tensor {name!r} holds NaN or infinite values")
     model.load_state_dict({name: tensor.float() for name, tensor in state.items()})

@@ -166,11 +166,17 @@ def preset_for_shape(input_shape: tuple[int, int, int]) -> str:
     for name, preset in PRESETS.items():
         if preset.input_shape == tuple(input_shape):
             return name
-    raise ValueError(f"no model preset for images of shape {tuple(input_shape)}; known: {sorted(PRESETS)}")
+    raise ValueError(
+        f"no model preset for images of shape {tuple(input_shape)}; known: {sorted(PRESETS)}"
+    )
 
 
 def make_spec(
-    *, input_shape: tuple[int, int, int], num_classes: int, preset: str | None = None, split: int | None = None
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    preset: str | None = None,
+    split: int | None = None,
 ) -> ModelSpec:
     """Resolve a preset (by name or by image shape) and a split point into a ModelSpec."""
     name = preset or preset_for_shape(input_shape)
@@ -178,7 +184,9 @@ def make_spec(
         raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
     chosen = PRESETS[name]
     if chosen.input_shape != tuple(input_shape):
-        raise ValueError(f"preset {name!r} expects images of shape {chosen.input_shape}, got {tuple(input_shape)}")
+        raise ValueError(
+            f"preset {name!r} expects images of shape {chosen.input_shape}, got {tuple(input_shape)}"
+        )
     return ModelSpec(
         preset=name,
         input_shape=chosen.input_shape,

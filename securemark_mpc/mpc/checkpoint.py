@@ -26,7 +26,9 @@ def _momentum_shares(private: Any, optimizer: Any) -> dict[str, torch.Tensor]:
     return shares
 
 
-def save(path: Path, *, epoch: int, digest: str, private: Any, optimizer: Any, owner: Any | None) -> None:
+def save(
+    path: Path, *, epoch: int, digest: str, private: Any, optimizer: Any, owner: Any | None
+) -> None:
     state: dict[str, Any] = {
         "epoch": epoch,
         "digest": digest,
@@ -50,11 +52,15 @@ def load(path: Path, *, digest: str) -> dict[str, Any]:
         raise PartyFailure(f"no checkpoint at {path}: nothing to resume")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("digest") != digest:
-        raise PartyFailure(f"{path} was written with other settings; resume with the run's own config")
+        raise PartyFailure(
+            f"{path} was written with other settings; resume with the run's own config"
+        )
     return state
 
 
-def restore(state: dict[str, Any], *, crypten: Any, private: Any, optimizer: Any, owner: Any | None) -> int:
+def restore(
+    state: dict[str, Any], *, crypten: Any, private: Any, optimizer: Any, owner: Any | None
+) -> int:
     """Load shares (and the owner's plaintext part) back; return the next epoch."""
     import_shares(private, state["shares"])
     for name, param in private.named_parameters():

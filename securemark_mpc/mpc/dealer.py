@@ -20,7 +20,6 @@ def serve_triples(crypten: Any) -> None:
 
     class Dealer(TTPServer):
         def __init__(self) -> None:  # replaces TTPServer's loop; see module docstring
-            crypten.init()
             comm = crypten.communicator.get()
             self.ttp_group = comm.ttp_group
             self.comm_group = comm.ttp_comm_group
@@ -34,11 +33,15 @@ def serve_triples(crypten: Any) -> None:
                 try:
                     message = comm.recv_obj(0, self.ttp_group)
                 except RuntimeError as error:
-                    raise PartyFailure(f"lost the model owner while waiting for a request: {error}") from None
+                    raise PartyFailure(
+                        f"lost the model owner while waiting for a request: {error}"
+                    ) from None
                 if message == "terminate":
                     return
                 if message["function"] not in TRIPLE_KINDS:
-                    raise PartyFailure(f"the model owner asked for an unknown triple kind {message['function']!r}")
+                    raise PartyFailure(
+                        f"the model owner asked for an unknown triple kind {message['function']!r}"
+                    )
                 self.device = message["device"]
                 result = getattr(self, message["function"])(*message["args"], **message["kwargs"])
                 comm.send_obj(result.size(), 0, self.ttp_group)

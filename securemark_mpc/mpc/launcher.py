@@ -61,6 +61,7 @@ class LaunchResult:
     outcomes: list[PartyOutcome] = field(default_factory=list)
     first_failure: PartyOutcome | None = None
     timed_out: bool = False
+    started_at: float = 0.0  # time.monotonic() at launch; exited_at is relative to it
 
     @property
     def ok(self) -> bool:
@@ -77,7 +78,9 @@ class LaunchResult:
             lines.append(f"first failure: {self.first_failure.describe()}")
         for outcome in self.outcomes:
             if outcome.returncode != 0:
-                lines.append(f"- {outcome.describe()} after {outcome.exited_at:.1f} s; its last output:")
+                lines.append(
+                    f"- {outcome.describe()} after {outcome.exited_at:.1f} s; its last output:"
+                )
                 lines.append(outcome.log_tail())
         return "\n".join(lines)
 
@@ -102,12 +105,14 @@ def launch_local(
     time_limit: float | None = None,
     grace_seconds: float = 60.0,
     extra_env: dict[str, str] | None = None,
+    party_args: dict[int, list[str]] | None = None,
     on_started: Callable[[list[subprocess.Popen]], None] | None = None,
 ) -> LaunchResult:
     """Run all parties of `run` (its config.json must exist) and wait for them.
 
     When one party fails, the others get `grace_seconds` to notice and exit on their
     own; any still running after that are killed and reported as hanging.
+    `party_args` adds command-line arguments for single ranks (e.g. another --config).
     """
     world_size = data_owners + 1
     ranks = list(range(world_size + (1 if use_dealer else 0)))
@@ -118,11 +123,30 @@ def launch_local(
     started = time.monotonic()
     for rank in ranks:
         run.log(rank).write_bytes(b"")
-        command = [
-            sys.executable, "-m", "securemark_mpc.mpc.party",
-            "--rank", str(rank), "--world-size", str(world_size), "--rendezvous", rendezvous, "--run", str(run.root),
-        ] + (["--resume"] if resume else [])
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        command = (
+            [
+                sys.executable,
+                "-m",
+                "securemark_mpc.mpc.party",
+                "--rank",
+                str(rank),
+                "--world-size",
+                str(world_size),
+                "--rendezvous",
+                rendezvous,
+                "--run",
+                str(run.root),
+            ]
+            + (["--resume"] if resume else [])
+            + (party_args or {}).get(rank, [])
+        )
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         echo = sys.stderr.buffer if (echo_owner and rank == 0) else None
         tee = threading.Thread(target=_tee, args=(process.stdout, run.log(rank), echo), daemon=True)
         tee.start()
@@ -131,7 +155,7 @@ def launch_local(
     if on_started is not None:
         on_started(processes)
 
-    result = LaunchResult()
+    result = LaunchResult(started_at=started)
     exited: dict[int, float] = {}
     deadline = None if time_limit is None else started + time_limit
     try:
@@ -141,7 +165,9 @@ def launch_local(
                 if rank not in exited and process.poll() is not None:
                     exited[rank] = now - started
                     if process.returncode != 0 and result.first_failure is None:
-                        result.first_failure = _outcome(rank, world_size, process, exited[rank], run)
+                        result.first_failure = _outcome(
+                            rank, world_size, process, exited[rank], run
+                        )
                         deadline = min(deadline or float("inf"), now + grace_seconds)
             if deadline is not None and now > deadline and len(exited) < len(ranks):
                 result.timed_out = result.first_failure is None
@@ -156,11 +182,21 @@ def launch_local(
             tee.join(timeout=5)
     for rank, process in zip(ranks, processes, strict=True):
         code = process.returncode if rank in exited else None
-        outcome = _outcome(rank, world_size, process, exited.get(rank, time.monotonic() - started), run)
+        outcome = _outcome(
+            rank, world_size, process, exited.get(rank, time.monotonic() - started), run
+        )
         outcome.returncode = code
         result.outcomes.append(outcome)
     return result
 
 
-def _outcome(rank: int, world_size: int, process: subprocess.Popen, at: float, run: RunFolder) -> PartyOutcome:
-    return PartyOutcome(rank=rank, role=role_name(rank, world_size), returncode=process.returncode, exited_at=at, log=run.log(rank))
+def _outcome(
+    rank: int, world_size: int, process: subprocess.Popen, at: float, run: RunFolder
+) -> PartyOutcome:
+    return PartyOutcome(
+        rank=rank,
+        role=role_name(rank, world_size),
+        returncode=process.returncode,
+        exited_at=at,
+        log=run.log(rank),
+    )

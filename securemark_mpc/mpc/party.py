@@ -37,10 +37,14 @@ _CONNECTION_WORDS = ("connection", "gloo", "timed out", "timeout", "socket", "pe
 def _is_connection_error(error: BaseException) -> bool:
     if isinstance(error, dist.DistError):
         return True
-    return isinstance(error, RuntimeError) and any(word in str(error).lower() for word in _CONNECTION_WORDS)
+    return isinstance(error, RuntimeError) and any(
+        word in str(error).lower() for word in _CONNECTION_WORDS
+    )
 
 
-def run_party(*, address: PartyAddress, config: TrainConfig, run: RunFolder, resume: bool, argv: list[str]) -> None:
+def run_party(
+    *, address: PartyAddress, config: TrainConfig, run: RunFolder, resume: bool, argv: list[str]
+) -> None:
     """Start CrypTen, play this party's role, and exit naming whoever failed."""
     warn_if_not_loopback(address.rendezvous)
     if config.provider == "tfp" and address.rank == 0:
@@ -50,7 +54,9 @@ def run_party(*, address: PartyAddress, config: TrainConfig, run: RunFolder, res
             stacklevel=2,
         )
     try:
-        crypten = start_crypten(address, provider=config.provider, timeout_seconds=config.comm_timeout_seconds)
+        crypten = start_crypten(
+            address, provider=config.provider, timeout_seconds=config.comm_timeout_seconds
+        )
     except PartyFailure as error:
         die(f"[{address.role}] {error}", code=EXIT_PEER_FAILED)
     liveness = Liveness(address).start()
@@ -68,7 +74,6 @@ def run_party(*, address: PartyAddress, config: TrainConfig, run: RunFolder, res
         die(f"[{address.role}] {error}", code=EXIT_CONFIG_MISMATCH)
     except BaseException as error:  # noqa: BLE001 - every failure must end this process
         if _is_connection_error(error) or isinstance(error, PartyFailure) and "lost" in str(error):
-            liveness.mark_exiting()
             cause = liveness.diagnose()
             die(f"[{address.role}] stopping: {cause}", code=EXIT_PEER_FAILED)
         message = f"{type(error).__name__}: {error}"
@@ -78,22 +83,40 @@ def run_party(*, address: PartyAddress, config: TrainConfig, run: RunFolder, res
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rank", type=int, required=True)
-    parser.add_argument("--world-size", type=int, required=True, help="model owner + data owners (dealer excluded)")
-    parser.add_argument("--rendezvous", required=True, help="tcp://HOST:PORT of the model owner, or file:///path")
+    parser.add_argument(
+        "--world-size", type=int, required=True, help="model owner + data owners (dealer excluded)"
+    )
+    parser.add_argument(
+        "--rendezvous", required=True, help="tcp://HOST:PORT of the model owner, or file:///path"
+    )
     parser.add_argument("--run", type=Path, required=True, help="run folder holding config.json")
-    parser.add_argument("--resume", action="store_true", help="continue from this party's last checkpoint")
+    parser.add_argument("--config", type=Path, help="settings file (default: RUN/config.json)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from this party's last checkpoint"
+    )
     args = parser.parse_args(argv)
     run = RunFolder(args.run)
-    config = run.load_config()
+    config = (
+        run.load_config()
+        if args.config is None
+        else RunFolder(args.config.parent).load_config(args.config.name)
+    )
     address = PartyAddress(
-        rank=args.rank, world_size=args.world_size, rendezvous=args.rendezvous, use_dealer=config.provider == "ttp"
+        rank=args.rank,
+        world_size=args.world_size,
+        rendezvous=args.rendezvous,
+        use_dealer=config.provider == "ttp",
     )
     if not 0 <= args.rank <= args.world_size - (0 if address.use_dealer else 1):
         parser.error(f"--rank must be in 0..{args.world_size - (0 if address.use_dealer else 1)}")
     if args.world_size != config.data_owners + 1:
-        parser.error(f"--world-size must be data owners + 1 = {config.data_owners + 1} for this run")
+        parser.error(
+            f"--world-size must be data owners + 1 = {config.data_owners + 1} for this run"
+        )
     run_party(address=address, config=config, run=run, resume=args.resume, argv=sys.argv)
 
 

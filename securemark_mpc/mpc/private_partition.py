@@ -18,7 +18,11 @@ from securemark_mpc.models.layers import Square
 
 def _conv(crypten: Any, layer: nn.Conv2d) -> Any:
     converted = crypten.nn.Conv2d(
-        layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride, padding=layer.padding
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        stride=layer.stride,
+        padding=layer.padding,
     )
     converted.set_parameter("weight", layer.weight.detach().clone())
     converted.set_parameter("bias", layer.bias.detach().clone())
@@ -57,7 +61,9 @@ def encrypt_private_part(crypten: Any, private: nn.Sequential, *, src: int = 0) 
         try:
             converter = CONVERTERS[type(layer)]
         except KeyError:
-            raise ValueError(f"{type(layer).__name__} cannot run under MPC; known: {[t.__name__ for t in CONVERTERS]}") from None
+            raise ValueError(
+                f"{type(layer).__name__} cannot run under MPC; known: {[t.__name__ for t in CONVERTERS]}"
+            ) from None
         layers.append(converter(crypten, layer))
     model = crypten.nn.Sequential(*layers)
     model.encrypt(src=src)
@@ -78,6 +84,8 @@ def import_shares(model: Any, shares: dict[str, torch.Tensor]) -> None:
     """Restore this party's shares saved by export_shares."""
     params = dict(model.named_parameters())
     if set(params) != set(shares):
-        raise ValueError(f"checkpoint holds shares for {sorted(shares)}, the model has {sorted(params)}")
+        raise ValueError(
+            f"checkpoint holds shares for {sorted(shares)}, the model has {sorted(params)}"
+        )
     for name, param in params.items():
         param.share = shares[name].clone()

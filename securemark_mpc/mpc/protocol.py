@@ -13,7 +13,6 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +21,14 @@ from tqdm import tqdm
 
 from securemark_mpc.config import TrainConfig
 from securemark_mpc.data import DatasetSplits, LabeledImages, load_splits, partition_shards
-from securemark_mpc.models import ModelSpec, build_model, make_spec, private_part, public_part, save_model
+from securemark_mpc.models import (
+    ModelSpec,
+    build_model,
+    make_spec,
+    private_part,
+    public_part,
+    save_model,
+)
 from securemark_mpc.mpc import checkpoint
 from securemark_mpc.mpc.private_partition import encrypt_private_part
 from securemark_mpc.mpc.reveal import MODEL_OWNER, reveal
@@ -48,7 +54,9 @@ def batch_order(*, seed: int, epoch: int, size: int) -> torch.Tensor:
     return torch.randperm(size, generator=generator)
 
 
-def _share_from(crypten: Any, *, rank: int, src: int, value: torch.Tensor | None, shape: tuple[int, ...]) -> Any:
+def _share_from(
+    crypten: Any, *, rank: int, src: int, value: torch.Tensor | None, shape: tuple[int, ...]
+) -> Any:
     """Secret-share a tensor that only party `src` holds; the others pass its shape."""
     plain = value if rank == src else torch.zeros(shape)
     return crypten.cryptensor(plain, src=src)
@@ -56,7 +64,10 @@ def _share_from(crypten: Any, *, rank: int, src: int, value: torch.Tensor | None
 
 def _own_shard(config: TrainConfig, splits: DatasetSplits, rank: int) -> LabeledImages:
     shards = partition_shards(
-        labels=splits.train.labels, num_owners=config.data_owners, scheme=config.partition, seed=config.seed
+        labels=splits.train.labels,
+        num_owners=config.data_owners,
+        scheme=config.partition,
+        seed=config.seed,
     )
     return splits.train.subset(shards[rank - 1])
 
@@ -64,7 +75,9 @@ def _own_shard(config: TrainConfig, splits: DatasetSplits, rank: int) -> Labeled
 class SplitTrainer:
     """One computing party's view of a split-training run."""
 
-    def __init__(self, *, crypten: Any, config: TrainConfig, address: PartyAddress, run: RunFolder) -> None:
+    def __init__(
+        self, *, crypten: Any, config: TrainConfig, address: PartyAddress, run: RunFolder
+    ) -> None:
         self.crypten = crypten
         self.config = config
         self.rank = address.rank
@@ -73,7 +86,10 @@ class SplitTrainer:
         self.is_owner = self.rank == MODEL_OWNER
         splits = load_splits(config.data)
         self.spec: ModelSpec = make_spec(
-            input_shape=splits.image_shape, num_classes=splits.num_classes, preset=config.model, split=config.split
+            input_shape=splits.image_shape,
+            num_classes=splits.num_classes,
+            preset=config.model,
+            split=config.split,
         )
         self.test = splits.test if self.is_owner else None
         self.shard = _own_shard(config, splits, self.rank) if not self.is_owner else None
@@ -84,11 +100,16 @@ class SplitTrainer:
         own_size = len(self.shard) if self.shard is not None else 0
         test_size = len(self.test) if self.test is not None else 0
         rows = exchange_handshake(
-            self.crypten, self.address, digest=self.config.digest(), values=[own_size, resume_epoch, test_size]
+            self.crypten,
+            self.address,
+            digest=self.config.digest(),
+            values=[own_size, resume_epoch, test_size],
         )
         epochs = {row[1] for row in rows}
         if len(epochs) > 1:
-            raise PartyFailure(f"the parties' checkpoints are at different epochs {sorted(epochs)}; cannot resume")
+            raise PartyFailure(
+                f"the parties' checkpoints are at different epochs {sorted(epochs)}; cannot resume"
+            )
         return [row[0] for row in rows[1:]], rows[0][2]
 
     def _share_training_data(self, shard_sizes: list[int]) -> tuple[Any, torch.Tensor | None]:
@@ -99,13 +120,19 @@ class SplitTrainer:
             assert self.shard is None or not mine or len(self.shard) == size
             images.append(
                 _share_from(
-                    self.crypten, rank=self.rank, src=owner,
-                    value=self.shard.images if mine else None, shape=(size, *self.spec.input_shape),
+                    self.crypten,
+                    rank=self.rank,
+                    src=owner,
+                    value=self.shard.images if mine else None,
+                    shape=(size, *self.spec.input_shape),
                 )
             )
             shared_labels = _share_from(
-                self.crypten, rank=self.rank, src=owner,
-                value=self.shard.labels.float() if mine else None, shape=(size,),
+                self.crypten,
+                rank=self.rank,
+                src=owner,
+                value=self.shard.labels.float() if mine else None,
+                shape=(size,),
             )
             labels.append(reveal(shared_labels, kind="labels", rank=self.rank))
         owner_labels = torch.cat(labels).round().long() if self.is_owner else None
@@ -115,62 +142,104 @@ class SplitTrainer:
     def train(self, *, resume: bool, argv: list[str]) -> dict[str, Any] | None:
         crypten, config = self.crypten, self.config
         start_seconds = time.perf_counter()
-        saved = checkpoint.load(self.run.checkpoint(self.rank), digest=config.digest()) if resume else None
+        saved = (
+            checkpoint.load(self.run.checkpoint(self.rank), digest=config.digest())
+            if resume
+            else None
+        )
         shard_sizes, test_size = self._handshake(saved["epoch"] if saved else 0)
         images, labels = self._share_training_data(shard_sizes)
         test_images = _share_from(
-            crypten, rank=self.rank, src=MODEL_OWNER,
-            value=self.test.images if self.test is not None else None, shape=(test_size, *self.spec.input_shape),
+            crypten,
+            rank=self.rank,
+            src=MODEL_OWNER,
+            value=self.test.images if self.test is not None else None,
+            shape=(test_size, *self.spec.input_shape),
         )
         model = build_model(self.spec, seed=config.seed)  # only the owner's values are used
         private = encrypt_private_part(crypten, private_part(model, self.spec), src=MODEL_OWNER)
-        private_optimizer = crypten.optim.SGD(private.parameters(), lr=config.learning_rate, momentum=config.momentum)
+        private_optimizer = crypten.optim.SGD(
+            private.parameters(), lr=config.learning_rate, momentum=config.momentum
+        )
         owner = None
         if self.is_owner:
             public = public_part(model, self.spec)
             owner = OwnerState(
                 model=model,
-                optimizer=torch.optim.SGD(public.parameters(), lr=config.learning_rate, momentum=config.momentum),
+                optimizer=torch.optim.SGD(
+                    public.parameters(), lr=config.learning_rate, momentum=config.momentum
+                ),
                 labels=labels,
             )
         first_epoch = 0
         if saved:
-            first_epoch = checkpoint.restore(saved, crypten=crypten, private=private, optimizer=private_optimizer, owner=owner)
+            first_epoch = checkpoint.restore(
+                saved, crypten=crypten, private=private, optimizer=private_optimizer, owner=owner
+            )
 
         total = sum(shard_sizes)
         for epoch in range(first_epoch, config.epochs):
             began = time.perf_counter()
             loss, accuracy = self._epoch(epoch, images, total, private, private_optimizer, owner)
             seconds = time.perf_counter() - began
-            record = {"epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy, "seconds": seconds}
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": loss,
+                "train_accuracy": accuracy,
+                "seconds": seconds,
+            }
             if config.eval_each_epoch:
                 record["test_accuracy"] = self._mpc_test_accuracy(private, test_images, owner)
             if owner is not None:
                 owner.history.append(record)
                 print(json.dumps(record), file=sys.stderr, flush=True)
             checkpoint.save(
-                self.run.checkpoint(self.rank), epoch=epoch + 1, digest=config.digest(),
-                private=private, optimizer=private_optimizer, owner=owner,
+                self.run.checkpoint(self.rank),
+                epoch=epoch + 1,
+                digest=config.digest(),
+                private=private,
+                optimizer=private_optimizer,
+                owner=owner,
             )
 
         final_weights = {
-            name: reveal(param, kind="final_weights", rank=self.rank) for name, param in private.named_parameters()
+            name: reveal(param, kind="final_weights", rank=self.rank)
+            for name, param in private.named_parameters()
         }
         features = self._cut_features(private, images)
         comm = self._communication_totals()
         if owner is None:
             return None
         private_part(owner.model, self.spec).load_state_dict(final_weights)
-        return self._finish(owner, features, comm, seconds=time.perf_counter() - start_seconds, argv=argv)
+        return self._finish(
+            owner, features, comm, seconds=time.perf_counter() - start_seconds, argv=argv
+        )
 
-    def _epoch(self, epoch: int, images: Any, total: int, private: Any, optimizer: Any, owner: OwnerState | None):
-        for group in optimizer.param_groups + (owner.optimizer.param_groups if owner else []):
+    def _epoch(
+        self,
+        epoch: int,
+        images: Any,
+        total: int,
+        private: Any,
+        optimizer: Any,
+        owner: OwnerState | None,
+    ):
+        # ∂L/∂h of a mean loss is tiny (≈1/batch), below what 16 fractional bits resolve
+        # well; share it scaled up by the batch size and scale the private step down.
+        scale = float(self.config.batch_size)
+        for group in optimizer.param_groups:
+            group["lr"] = self.config.learning_rate_at(epoch) / scale
+        for group in owner.optimizer.param_groups if owner else []:
             group["lr"] = self.config.learning_rate_at(epoch)
         order = batch_order(seed=self.config.seed, epoch=epoch, size=total)
         batches = order.split(self.config.batch_size)
         progress = tqdm(
-            batches, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
-            disable=owner is None, file=sys.stderr, leave=False,
+            batches,
+            desc=f"epoch {epoch + 1}/{self.config.epochs}",
+            unit="batch",
+            disable=owner is None,
+            file=sys.stderr,
+            leave=False,
         )
         loss_sum, correct = 0.0, 0
         for indices in progress:
@@ -183,7 +252,11 @@ class SplitTrainer:
                 correct += hits
                 progress.set_postfix(loss=f"{loss:.3f}")
             shared_gradient = _share_from(
-                self.crypten, rank=self.rank, src=MODEL_OWNER, value=gradient, shape=tuple(hidden.size())
+                self.crypten,
+                rank=self.rank,
+                src=MODEL_OWNER,
+                value=None if gradient is None else gradient * scale,
+                shape=tuple(hidden.size()),
             )
             optimizer.zero_grad()
             hidden.backward(shared_gradient)
@@ -232,9 +305,20 @@ class SplitTrainer:
         stats = comm.get_communication_stats()
         mine = torch.tensor([int(stats["bytes"]), int(stats["rounds"])], dtype=torch.long)
         rows = comm.all_gather(mine)
-        return {"comm_bytes": float(sum(row[0] for row in rows)), "comm_rounds": float(sum(row[1] for row in rows))}
+        return {
+            "comm_bytes": float(sum(row[0] for row in rows)),
+            "comm_rounds": float(sum(row[1] for row in rows)),
+        }
 
-    def _finish(self, owner: OwnerState, features: torch.Tensor | None, comm: dict[str, float], *, seconds: float, argv: list[str]) -> dict[str, Any]:
+    def _finish(
+        self,
+        owner: OwnerState,
+        features: torch.Tensor | None,
+        comm: dict[str, float],
+        *,
+        seconds: float,
+        argv: list[str],
+    ) -> dict[str, Any]:
         assert self.test is not None and features is not None
         owner.model.eval()
         with torch.no_grad():

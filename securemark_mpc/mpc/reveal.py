@@ -25,7 +25,9 @@ _counter = {"n": 0}
 def reveal(shared: Any, *, kind: str, rank: int, to: int = MODEL_OWNER) -> torch.Tensor | None:
     """Open `shared` to party `to` only; return the plaintext there and None elsewhere."""
     if kind not in ALLOWED_REVEALS:
-        raise ValueError(f"revealing {kind!r} is not part of the protocol; allowed: {sorted(ALLOWED_REVEALS)}")
+        raise ValueError(
+            f"revealing {kind!r} is not part of the protocol; allowed: {sorted(ALLOWED_REVEALS)}"
+        )
     if to != MODEL_OWNER:
         raise ValueError("values are revealed to the model owner (rank 0) only")
     value = shared.get_plain_text(dst=to)
@@ -45,4 +47,7 @@ def _record(value: torch.Tensor, *, kind: str, rank: int) -> None:
     name = f"rank{rank}-{_counter['n']:06d}-{kind}.pt"
     torch.save(value.detach().clone(), path / name)
     with open(path / "reveals.jsonl", "a") as log:
-        log.write(json.dumps({"rank": rank, "kind": kind, "shape": list(value.shape), "file": name}) + "\n")
+        log.write(
+            json.dumps({"rank": rank, "kind": kind, "shape": list(value.shape), "file": name})
+            + "\n"
+        )

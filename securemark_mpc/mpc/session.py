@@ -24,7 +24,9 @@ from securemark_mpc.mpc.crypten_shim import load_crypten
 
 HEARTBEAT_SECONDS = 0.5
 DIAGNOSIS_WAIT_SECONDS = 3.0
+LINGER_SECONDS = 2.0
 _PREFIX = "securemark"
+VERDICT_KEY = f"{_PREFIX}/verdict"
 
 
 class PartyFailure(RuntimeError):
@@ -86,11 +88,12 @@ def start_crypten(address: PartyAddress, *, provider: str, timeout_seconds: floa
     crypten = load_crypten(timeout_seconds=timeout_seconds)
     crypten.cfg.mpc.provider = provider.upper()
     crypten.cfg.communicator.verbose = True  # count rounds and bytes
-    if not address.is_dealer:
-        try:
-            crypten.init()
-        except (RuntimeError, ValueError) as error:
-            raise PartyFailure(f"{address.role} could not reach the others at {address.rendezvous}: {error}") from None
+    try:
+        crypten.init()
+    except (RuntimeError, ValueError) as error:
+        raise PartyFailure(
+            f"{address.role} could not reach the others at {address.rendezvous}: {error}"
+        ) from None
     return crypten
 
 
@@ -101,10 +104,14 @@ def _store() -> Any:
 
 
 class Liveness:
-    """Heartbeats in the rendezvous store, used to name the party that failed.
+    """Heartbeats and a shared verdict in the rendezvous store, to name a failed party.
 
-    Each party bumps a counter every HEARTBEAT_SECONDS. When communication breaks, a
-    survivor looks for a failure report, then for a party whose counter stopped.
+    Each party bumps a counter every HEARTBEAT_SECONDS. When communication breaks, the
+    first survivor to notice names the culprit (a party that reported its own error,
+    else one whose counter stopped) and publishes that verdict; every party's heartbeat
+    thread watches for a verdict and stops its process even while it is blocked in a
+    receive. The store lives in the model owner's process, so the owner lingers
+    briefly before exiting to let the others read the verdict.
     """
 
     def __init__(self, address: PartyAddress) -> None:
@@ -118,65 +125,83 @@ class Liveness:
 
     def stop(self) -> None:
         self._stop.set()
+        self._thread.join(timeout=2 * HEARTBEAT_SECONDS)
 
     def _beat(self) -> None:
-        store = _store()
         key = f"{_PREFIX}/beat/{self.address.rank}"
         while not self._stop.is_set():
             try:
+                store = _store()
                 store.add(key, 1)
-            except Exception:  # the store host is gone; diagnosis reports it
+                verdict = store.get(VERDICT_KEY).decode() if store.check([VERDICT_KEY]) else None
+            except Exception:  # the store host is gone; the main thread's diagnosis reports it
                 return
+            if verdict is not None and not self._stop.is_set():
+                die(f"[{self.address.role}] stopping: {verdict}", code=1)
             self._stop.wait(HEARTBEAT_SECONDS)
 
     def report_own_failure(self, message: str) -> None:
         """Tell the others why this party stops, so their errors can name it."""
-        try:
-            _store().set(f"{_PREFIX}/failed/{self.address.rank}", message)
-        except Exception:
-            pass
-
-    def mark_exiting(self) -> None:
-        """This party stops because of someone else: exclude it from the diagnosis."""
-        try:
-            _store().set(f"{_PREFIX}/exiting/{self.address.rank}", "1")
-        except Exception:
-            pass
+        self._publish(f"{self.address.role} failed: {message}")
 
     def diagnose(self) -> str:
-        """Name the party that most likely failed, for the error message."""
+        """Name the party that most likely failed, and publish that verdict."""
+        self._stop.set()  # this thread decides now; the heartbeat must not race it
         world = self.address.world_size
-        ranks = [r for r in range(world + (1 if self.address.use_dealer else 0)) if r != self.address.rank]
+        ranks = [
+            r
+            for r in range(world + (1 if self.address.use_dealer else 0))
+            if r != self.address.rank
+        ]
         try:
             store = _store()
-            for rank in ranks:
-                key = f"{_PREFIX}/failed/{rank}"
-                if store.check([key]):
-                    return f"{role_name(rank, world)} failed: {store.get(key).decode()}"
+            if store.check([VERDICT_KEY]):
+                return store.get(VERDICT_KEY).decode()
             before = {r: store.add(f"{_PREFIX}/beat/{r}", 0) for r in ranks}
             time.sleep(DIAGNOSIS_WAIT_SECONDS)
-            after = {r: store.add(f"{_PREFIX}/beat/{r}", 0) for r in ranks}
-            stalled = [
-                r for r in ranks if after[r] == before[r] and not store.check([f"{_PREFIX}/exiting/{r}"])
-            ]
+            if store.check([VERDICT_KEY]):
+                return store.get(VERDICT_KEY).decode()
+            stalled = [r for r in ranks if store.add(f"{_PREFIX}/beat/{r}", 0) == before[r]]
         except Exception:
             return f"{role_name(0, world)} is unreachable (it hosts the rendezvous store); it probably died"
         if stalled:
-            return " and ".join(role_name(r, world) for r in stalled) + " stopped responding (no heartbeat)"
-        return "a peer closed the connection (could not tell which)"
+            verdict = (
+                " and ".join(role_name(r, world) for r in stalled)
+                + " stopped responding (no heartbeat)"
+            )
+        else:
+            verdict = "a peer closed the connection (could not tell which)"
+        self._publish(verdict)
+        return verdict
+
+    def _publish(self, verdict: str) -> None:
+        try:
+            store = _store()
+            if not store.check([VERDICT_KEY]):
+                store.set(VERDICT_KEY, verdict)
+        except Exception:
+            return
+        if self.address.rank == 0:
+            time.sleep(LINGER_SECONDS)  # keep the store up while the others read it
 
 
-def exchange_handshake(crypten: Any, address: PartyAddress, *, digest: str, values: list[int]) -> list[list[int]]:
+def exchange_handshake(
+    crypten: Any, address: PartyAddress, *, digest: str, values: list[int]
+) -> list[list[int]]:
     """All computing parties swap their config digest and a few integers.
 
     Returns every party's integers (e.g. shard sizes, resume epoch). A digest that
     differs from the model owner's stops all parties with ConfigMismatch.
     """
-    digest_words = [int.from_bytes(bytes.fromhex(digest)[i : i + 7], "big") for i in range(0, 28, 7)]
+    digest_words = [
+        int.from_bytes(bytes.fromhex(digest)[i : i + 7], "big") for i in range(0, 28, 7)
+    ]
     mine = torch.tensor(digest_words + list(values), dtype=torch.long)
     gathered = crypten.communicator.get().all_gather(mine)
     reference = gathered[0][: len(digest_words)]
-    mismatched = [r for r, row in enumerate(gathered) if not torch.equal(row[: len(digest_words)], reference)]
+    mismatched = [
+        r for r, row in enumerate(gathered) if not torch.equal(row[: len(digest_words)], reference)
+    ]
     if mismatched:
         names = ", ".join(role_name(r, address.world_size) for r in mismatched)
         raise ConfigMismatch(

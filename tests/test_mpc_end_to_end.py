@@ -1,0 +1,76 @@
+"""The `securemark train` command end to end, resuming, and the insecure TFP escape hatch."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from securemark_mpc.cli import main
+from securemark_mpc.run_folder import RunFolder
+from tests.conftest import SMALL, assert_matches_plaintext, assert_ok, launch
+
+pytestmark = pytest.mark.mpc
+
+
+def test_two_data_owners_train_digits_to_90_percent(tmp_path, capsys):
+    out = tmp_path / "run"
+    status = main(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--data-owners",
+            "2",
+            "--epochs",
+            "4",
+            "--seed",
+            "0",
+            "--no-eval",
+            "--out",
+            str(out),
+        ]
+    )
+    assert status == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.90
+    assert main(["evaluate", "--run", str(out), str(out / "model.pt"), "--json"]) == 0
+    reported = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert reported["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+
+
+def test_resume_after_a_crash_finishes_like_an_uninterrupted_run(tmp_path):
+    config = replace(SMALL, epochs=2)
+    run = RunFolder(tmp_path / "run")
+
+    def crash_after_first_checkpoint(processes):
+        def watch():
+            limit = time.monotonic() + 120
+            while time.monotonic() < limit and not all(
+                run.checkpoint(r).exists() for r in range(3)
+            ):
+                time.sleep(0.02)
+            for process in processes:
+                process.kill()
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    crashed = launch(run, config, on_started=crash_after_first_checkpoint)
+    assert not crashed.ok and not run.model_path.exists()
+    assert_ok(launch(run, config, resume=True))
+
+    history = json.loads((run.root / "metrics.json").read_text())["history"]
+    assert [record["epoch"] for record in history] == [1, 2]
+    assert_matches_plaintext(run.model_path, config)  # lost momentum or shares would show here
+
+
+def test_tfp_runs_only_with_insecure_and_warns(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    config = replace(SMALL, provider="tfp", insecure=True)
+    result = launch(run, config, use_dealer=False)
+    assert_ok(result)
+    assert len(result.outcomes) == 3, "TFP has no dealer process"
+    assert "INSECURE" in result.outcomes[0].log.read_text()

@@ -1,0 +1,63 @@
+"""MPC split training against its plaintext twin, and the privacy boundary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from securemark_mpc.data import load_splits
+from securemark_mpc.models import load_model
+from securemark_mpc.plaintext import training_order
+from tests.conftest import assert_matches_plaintext
+
+pytestmark = pytest.mark.mpc
+
+
+def test_mpc_weights_match_plaintext(mpc_small_run, small_config):
+    run, _ = mpc_small_run
+    assert_matches_plaintext(run.model_path, small_config)
+
+
+def test_run_folder_holds_model_config_metrics_and_features(mpc_small_run, small_config):
+    run, _ = mpc_small_run
+    metrics = json.loads((run.root / "metrics.json").read_text())
+    for key in ("test_accuracy", "seconds", "comm_bytes", "epochs", "history"):
+        assert key in metrics
+    assert metrics["comm_bytes"] > 0 and metrics["epochs"] == 1 and len(metrics["history"]) == 1
+    saved = json.loads(run.config_path.read_text())
+    assert saved["config"]["data"]["max_images"] == 300 and saved["argv"]
+    cached = torch.load(run.features_path, weights_only=True)
+    splits = load_splits(small_config.data)
+    assert cached["features"].shape[0] == len(splits.train)
+    assert torch.equal(cached["labels"], training_order(small_config, splits).labels)
+
+
+def test_only_the_model_owner_receives_plaintext(mpc_small_run, small_config):
+    run, reveal_log = mpc_small_run
+    events = [json.loads(line) for line in (reveal_log / "reveals.jsonl").read_text().splitlines()]
+    assert events, "the reveal log is empty: the instrumentation did not run"
+    assert {event["rank"] for event in events} == {0}
+    assert {event["kind"] for event in events} == {"activations", "labels", "final_weights"}
+    assert not any(
+        path.name.startswith(("rank1", "rank2", "rank3")) for path in reveal_log.iterdir()
+    )
+
+    images = load_splits(small_config.data).train.images.flatten(1)  # every owner's raw images
+    for event in events:
+        revealed = torch.load(reveal_log / event["file"], weights_only=True).flatten()
+        if revealed.numel() % images.shape[1]:
+            continue  # cannot hold whole images
+        rows = revealed.reshape(-1, images.shape[1])
+        nearest = torch.cdist(rows, images).min()
+        assert nearest > 1e-2, f"{event['file']} ({event['kind']}) contains a raw training image"
+
+
+def test_activations_have_the_cut_layer_shape(mpc_small_run):
+    run, reveal_log = mpc_small_run
+    _, spec = load_model(run.model_path)
+    events = [json.loads(line) for line in (reveal_log / "reveals.jsonl").read_text().splitlines()]
+    for event in events:
+        if event["kind"] == "activations":
+            assert tuple(event["shape"][1:]) == spec.cut_shape
