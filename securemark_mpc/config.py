@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from securemark_mpc.data import DataConfig
+from securemark_mpc.data import DataConfig, DatasetSplits
+from securemark_mpc.models import ModelSpec, make_spec
 
 PROVIDERS = ("ttp", "tfp")
 
@@ -39,6 +40,9 @@ class TrainConfig:
     partition: str = "iid"
     model: str | None = None  # preset name; None picks the preset for the data set's shape
     split: int | None = None  # layers kept under MPC; None keeps the preset's default
+    private_channels: int | None = None  # width of the first private conv (privacy knob)
+    private_pool: int | None = None  # size of the first private pooling (privacy knob)
+    reveal_noise_sigma: float = 0.0  # Gaussian noise added under MPC before the reveal
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 0.1
@@ -63,6 +67,10 @@ class TrainConfig:
                 self.provider in PROVIDERS,
                 f"--provider must be one of {PROVIDERS}, got {self.provider!r}",
             ),
+            (
+                self.reveal_noise_sigma >= 0,
+                f"--noise-sigma must be 0 or more, got {self.reveal_noise_sigma}",
+            ),
             (self.comm_timeout_seconds > 0, "the communication timeout must be positive"),
         ]
         for ok, message in checks:
@@ -74,6 +82,20 @@ class TrainConfig:
                 "unmask every data owner's images; it is refused unless --insecure is also given"
             )
         return self
+
+    def model_spec(self, splits: DatasetSplits) -> ModelSpec:
+        """The architecture this run trains, for the data set's image shape."""
+        try:
+            return make_spec(
+                input_shape=splits.image_shape,
+                num_classes=splits.num_classes,
+                preset=self.model,
+                split=self.split,
+                private_channels=self.private_channels,
+                private_pool=self.private_pool,
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
     def learning_rate_at(self, epoch: int) -> float:
         """The learning rate of `epoch` (0-based), the same for MPC and plaintext."""

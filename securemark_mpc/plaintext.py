@@ -15,7 +15,7 @@ from torch import nn
 
 from securemark_mpc.config import TrainConfig
 from securemark_mpc.data import DatasetSplits, LabeledImages, load_splits, partition_shards
-from securemark_mpc.models import ModelSpec, build_model, make_spec, private_part, save_model
+from securemark_mpc.models import ModelSpec, build_model, private_part, save_model
 from securemark_mpc.mpc.protocol import batch_order
 from securemark_mpc.run_folder import RunFolder
 
@@ -50,12 +50,7 @@ def train_plaintext(
 ) -> PlaintextResult:
     """Train the split model in plaintext; `steps` stops early after that many batches."""
     splits = splits or load_splits(config.data)
-    spec = make_spec(
-        input_shape=splits.image_shape,
-        num_classes=splits.num_classes,
-        preset=config.model,
-        split=config.split,
-    )
+    spec = config.model_spec(splits)
     model = build_model(spec, seed=config.seed)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.learning_rate, momentum=config.momentum

@@ -9,7 +9,7 @@ from pathlib import Path
 from securemark_mpc.commands import Command
 from securemark_mpc.config import ConfigError, TrainConfig
 from securemark_mpc.data import DATASETS, PARTITIONERS, DataConfig, load_splits, partition_shards
-from securemark_mpc.models import PRESETS, make_spec
+from securemark_mpc.models import PRESETS
 from securemark_mpc.mpc.launcher import launch_local
 from securemark_mpc.run_folder import RunFolder
 
@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--split", type=int, help="number of layers kept under MPC (default: the preset's)"
     )
+    model.add_argument(
+        "--private-channels", type=int, help="width of the first private conv (privacy knob)"
+    )
+    model.add_argument(
+        "--private-pool", type=int, help="size of the first private pooling (privacy knob)"
+    )
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=defaults.epochs)
     optim.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -51,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-eval", action="store_true", help="skip the per-epoch MPC test evaluation"
     )
     mpc = parser.add_argument_group("MPC")
+    mpc.add_argument(
+        "--noise-sigma",
+        type=float,
+        default=0.0,
+        help="Gaussian noise the data owners add under MPC before each reveal",
+    )
     mpc.add_argument(
         "--provider",
         default=defaults.provider,
@@ -82,6 +94,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         partition=args.partition,
         model=args.model,
         split=args.split,
+        private_channels=args.private_channels,
+        private_pool=args.private_pool,
+        reveal_noise_sigma=args.noise_sigma,
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.lr,
@@ -97,15 +112,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def check_runnable(config: TrainConfig) -> None:
     """Fail fast, before any process starts: data, model and shard count must fit."""
     splits = load_splits(config.data)
-    try:
-        make_spec(
-            input_shape=splits.image_shape,
-            num_classes=splits.num_classes,
-            preset=config.model,
-            split=config.split,
-        )
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    config.model_spec(splits)
     partition_shards(
         labels=splits.train.labels,
         num_owners=config.data_owners,
@@ -150,6 +157,11 @@ def run_command(args: argparse.Namespace) -> int:
             f"{args.out} already holds a run; choose a new --out or use --resume {args.out}"
         )
     run.save_config(config, argv=sys.argv)
+    if args.config_only:
+        print(
+            f"wrote {run.config_path}; copy {run.root} to every host and start parties/run_party.py there"
+        )
+        return 0
     return train(run, config)
 
 

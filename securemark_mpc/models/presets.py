@@ -177,8 +177,15 @@ def make_spec(
     num_classes: int,
     preset: str | None = None,
     split: int | None = None,
+    private_channels: int | None = None,
+    private_pool: int | None = None,
 ) -> ModelSpec:
-    """Resolve a preset (by name or by image shape) and a split point into a ModelSpec."""
+    """Resolve a preset (by name or by image shape) and a split point into a ModelSpec.
+
+    `private_channels` and `private_pool` override the width of the first private
+    convolution and the size of the first private pooling: privacy knobs (fewer
+    channels and coarser pooling reveal less) that also cut the MPC cost.
+    """
     name = preset or preset_for_shape(input_shape)
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
@@ -187,10 +194,19 @@ def make_spec(
         raise ValueError(
             f"preset {name!r} expects images of shape {chosen.input_shape}, got {tuple(input_shape)}"
         )
+    split = chosen.default_split if split is None else split
+    layers = chosen.layers(num_classes)
+    overrides = {"conv": ("out", private_channels), "avgpool": ("size", private_pool)}
+    for kind, (option, value) in overrides.items():
+        first = next((layer for layer in layers[:split] if layer["kind"] == kind), None)
+        if value is not None and first is not None:
+            if value < 1:
+                raise ValueError(f"the private {kind} {option} must be at least 1, got {value}")
+            first[option] = value
     return ModelSpec(
         preset=name,
         input_shape=chosen.input_shape,
         num_classes=num_classes,
-        layers=tuple(chosen.layers(num_classes)),
-        split=chosen.default_split if split is None else split,
+        layers=tuple(layers),
+        split=split,
     )

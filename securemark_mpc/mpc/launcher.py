@@ -106,40 +106,39 @@ def launch_local(
     grace_seconds: float = 60.0,
     extra_env: dict[str, str] | None = None,
     party_args: dict[int, list[str]] | None = None,
+    rendezvous: str | None = None,
+    wrap_command: Callable[[int, list[str]], list[str]] | None = None,
     on_started: Callable[[list[subprocess.Popen]], None] | None = None,
 ) -> LaunchResult:
     """Run all parties of `run` (its config.json must exist) and wait for them.
 
     When one party fails, the others get `grace_seconds` to notice and exit on their
     own; any still running after that are killed and reported as hanging.
-    `party_args` adds command-line arguments for single ranks (e.g. another --config).
+    `party_args` adds command-line arguments for single ranks (e.g. another --config);
+    `wrap_command` lets a rank run elsewhere, e.g. in a network namespace, reaching the
+    others at `rendezvous` (default: a free loopback port).
     """
     world_size = data_owners + 1
     ranks = list(range(world_size + (1 if use_dealer else 0)))
-    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    rendezvous = rendezvous or f"tcp://127.0.0.1:{free_port()}"
     (run.root / "logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     processes, tees = [], []
     started = time.monotonic()
     for rank in ranks:
         run.log(rank).write_bytes(b"")
-        command = (
-            [
-                sys.executable,
-                "-m",
-                "securemark_mpc.mpc.party",
-                "--rank",
-                str(rank),
-                "--world-size",
-                str(world_size),
-                "--rendezvous",
-                rendezvous,
-                "--run",
-                str(run.root),
-            ]
-            + (["--resume"] if resume else [])
-            + (party_args or {}).get(rank, [])
-        )
+        command = [sys.executable, "-m", "securemark_mpc.mpc.party", "--rank", str(rank)]
+        command += [
+            "--world-size",
+            str(world_size),
+            "--rendezvous",
+            rendezvous,
+            "--run",
+            str(run.root),
+        ]
+        command += (["--resume"] if resume else []) + (party_args or {}).get(rank, [])
+        if wrap_command is not None:
+            command = wrap_command(rank, command)
         process = subprocess.Popen(
             command,
             env=env,

@@ -10,6 +10,8 @@ holds plaintext.
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +26,6 @@ from securemark_mpc.data import DatasetSplits, LabeledImages, load_splits, parti
 from securemark_mpc.models import (
     ModelSpec,
     build_model,
-    make_spec,
     private_part,
     public_part,
     save_model,
@@ -85,14 +86,13 @@ class SplitTrainer:
         self.run = run
         self.is_owner = self.rank == MODEL_OWNER
         splits = load_splits(config.data)
-        self.spec: ModelSpec = make_spec(
-            input_shape=splits.image_shape,
-            num_classes=splits.num_classes,
-            preset=config.model,
-            split=config.split,
-        )
+        self.spec: ModelSpec = config.model_spec(splits)
         self.test = splits.test if self.is_owner else None
         self.shard = _own_shard(config, splits, self.rank) if not self.is_owner else None
+        # Reveal noise must be secret from the model owner: seeded from the OS, never from the config.
+        self.noise_generator = torch.Generator().manual_seed(
+            int.from_bytes(os.urandom(8), "little") >> 1
+        )
         del splits  # each party keeps only what its role holds
 
     # -- set-up ---------------------------------------------------------------------
@@ -244,7 +244,7 @@ class SplitTrainer:
         loss_sum, correct = 0.0, 0
         for indices in progress:
             hidden = private(images[indices])
-            revealed = reveal(hidden, kind="activations", rank=self.rank)
+            revealed = reveal(self._noised(hidden), kind="activations", rank=self.rank)
             gradient = None
             if owner is not None:
                 gradient, loss, hits = self._owner_step(owner, revealed, owner.labels[indices])
@@ -276,17 +276,46 @@ class SplitTrainer:
         hits = int((logits.argmax(dim=1) == labels).sum())
         return revealed.grad.detach(), float(loss), hits
 
-    def _forward_reveal(self, private: Any, images: Any) -> torch.Tensor | None:
-        """Forward-only private pass in batches, revealed to the owner (eval, features)."""
+    def _noised(self, hidden: Any) -> Any:
+        """h + n under MPC, n ~ N(0, σ²) summed from every data owner's secret share.
+
+        Each data owner adds N(0, σ²/k) of its own, so the model owner, who knows
+        none of them, cannot subtract the noise.
+        """
+        sigma = self.config.reveal_noise_sigma
+        if sigma == 0:
+            return hidden
+        owners = self.config.data_owners
+        shape = tuple(hidden.size())
+        for owner in range(1, owners + 1):
+            noise = None
+            if self.rank == owner:
+                noise = torch.randn(shape, generator=self.noise_generator) * (
+                    sigma / math.sqrt(owners)
+                )
+            hidden = hidden + _share_from(
+                self.crypten, rank=self.rank, src=owner, value=noise, shape=shape
+            )
+        return hidden
+
+    def _forward_reveal(
+        self, private: Any, images: Any, *, private_data: bool
+    ) -> torch.Tensor | None:
+        """Forward-only private pass in batches, revealed to the owner (eval, features).
+
+        Activations of the data owners' images get the reveal noise; those of the
+        owner's own test images need none.
+        """
         chunks = []
         with self.crypten.no_grad():
             for start in range(0, images.size(0), EVAL_BATCH):
                 hidden = private(images[start : start + EVAL_BATCH])
+                hidden = self._noised(hidden) if private_data else hidden
                 chunks.append(reveal(hidden, kind="activations", rank=self.rank))
         return torch.cat(chunks) if self.is_owner and chunks else None
 
     def _mpc_test_accuracy(self, private: Any, test_images: Any, owner: OwnerState | None) -> float:
-        revealed = self._forward_reveal(private, test_images)
+        revealed = self._forward_reveal(private, test_images, private_data=False)
         if owner is None:
             return float("nan")
         public = public_part(owner.model, self.spec)
@@ -298,7 +327,7 @@ class SplitTrainer:
 
     def _cut_features(self, private: Any, images: Any) -> torch.Tensor | None:
         """The training set's cut-layer features under the final weights, for fingerprinting."""
-        return self._forward_reveal(private, images)
+        return self._forward_reveal(private, images, private_data=True)
 
     def _communication_totals(self) -> dict[str, float]:
         comm = self.crypten.communicator.get()

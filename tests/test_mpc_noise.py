@@ -1,0 +1,43 @@
+"""The reveal-noise privacy knob: added under MPC, seen by the model owner only."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from securemark_mpc.data import load_splits
+from securemark_mpc.models import build_model, private_part
+from securemark_mpc.mpc.protocol import batch_order
+from securemark_mpc.plaintext import training_order
+from securemark_mpc.run_folder import RunFolder
+from tests.conftest import SMALL, assert_ok, launch
+
+pytestmark = pytest.mark.mpc
+SIGMA = 0.5
+
+
+def test_reveal_noise_changes_the_activations_only_rank_0_sees(tmp_path):
+    config = replace(SMALL, reveal_noise_sigma=SIGMA)
+    log = tmp_path / "reveals"
+    assert_ok(
+        launch(RunFolder(tmp_path / "run"), config, extra_env={"SECUREMARK_REVEAL_LOG": str(log)})
+    )
+    events = [json.loads(line) for line in (log / "reveals.jsonl").read_text().splitlines()]
+    assert {event["rank"] for event in events} == {0}
+
+    # The first revealed activations are those of the first batch, under the initial weights.
+    first = next(event for event in events if event["kind"] == "activations")
+    revealed = torch.load(log / first["file"], weights_only=True)
+    splits = load_splits(config.data)
+    spec = config.model_spec(splits)
+    indices = batch_order(seed=config.seed, epoch=0, size=len(splits.train))[: config.batch_size]
+    with torch.no_grad():
+        clean = private_part(build_model(spec, seed=config.seed), spec)(
+            training_order(config, splits).images[indices]
+        )
+    difference = revealed - clean
+    assert difference.std() == pytest.approx(SIGMA, rel=0.1)
+    assert abs(float(difference.mean())) < 0.05
