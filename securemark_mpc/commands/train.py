@@ -29,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="attacker/auxiliary split",
     )
     data.add_argument("--max-images", type=int, help="use at most this many images (quick runs)")
+    data.add_argument(
+        "--file-order",
+        action="store_true",
+        help="split in file order (test = last images), e.g. MNIST-t10k's reference split",
+    )
     data.add_argument("--data-owners", type=int, default=defaults.data_owners)
     data.add_argument(
         "--partition", default=defaults.partition, help=f"one of {sorted(PARTITIONERS)}"
@@ -87,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         aux_fraction=args.aux_fraction,
         seed=args.seed,
         max_images=args.max_images,
+        file_order=args.file_order,
     )
     return TrainConfig(
         data=data,

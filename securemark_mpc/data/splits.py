@@ -19,6 +19,9 @@ class DataConfig:
     aux_fraction: float = 0.1  # attacker/auxiliary split, disjoint from train and test
     seed: int = 0
     max_images: int | None = None  # cap on the pool before splitting, for quick runs
+    file_order: bool = (
+        False  # keep the file's order: train first, then aux, test last (reference splits)
+    )
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,10 @@ def load_splits(config: DataConfig) -> DatasetSplits:
     loader = get_loader(config.dataset)
     _validate(config)
     pool, num_classes = loader(data_root=config.data_root)
-    order = stratified_order(pool.labels, seed=config.seed)[: config.max_images]
+    if config.file_order:  # e.g. MNIST-t10k's reference split: first 8,000 train, last 2,000 test
+        order = torch.arange(len(pool.labels)).flip(0)[: config.max_images]
+    else:
+        order = stratified_order(pool.labels, seed=config.seed)[: config.max_images]
     n_test = _count(len(order), config.test_fraction)
     n_aux = _count(len(order), config.aux_fraction)
     if len(order) - n_test - n_aux < 1:

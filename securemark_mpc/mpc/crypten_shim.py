@@ -7,6 +7,9 @@ Why each patch exists (see DESIGN.md, "Known CrypTen 0.4.1 pitfalls"):
   models, so the converter is replaced by a stub module before ``import crypten``.
 * CrypTen calls ``dist.init_process_group`` without a timeout, so gloo would wait
   30 minutes for a dead peer. We bound every collective with ``COMM_TIMEOUT``.
+* CrypTen's conv2d backward always computes the input gradient, a full-size Beaver
+  product, even for the first layer whose input is data. It is skipped when the
+  input needs no gradient (and the kernel gradient when the kernel is public).
 
 Everything else in the package gets CrypTen through :func:`load_crypten`.
 """
@@ -51,6 +54,87 @@ def _bound_process_group_timeout(timeout_seconds: float) -> None:
     dist.init_process_group = init_with_timeout
 
 
+def _conv2d_backward_only_what_is_needed() -> None:
+    from crypten.gradients import AutogradConv2D
+
+    original = AutogradConv2D.backward
+    if getattr(original, "_securemark_patched", False):
+        return
+
+    def backward(ctx: Any, grad_output: Any) -> Any:
+        inputs, kernel = ctx.saved_tensors[0], ctx.saved_tensors[1]
+        input_needed = getattr(inputs, "requires_grad", False)
+        kernel_needed = getattr(kernel, "requires_grad", False)
+        if input_needed and kernel_needed:
+            return original(ctx, grad_output)
+        padding, stride, dilation, groups = ctx.saved_tensors[2:]
+        grad_input = grad_kernel = None
+        if input_needed:
+            grad_input = grad_output.conv_transpose2d(
+                kernel,
+                stride=stride,
+                padding=padding,
+                output_padding=_output_padding(
+                    grad_output, inputs, kernel, stride, padding, dilation
+                ),
+                groups=groups,
+                dilation=dilation,
+            )
+        if kernel_needed:
+            grad_kernel = _kernel_gradient(
+                inputs, kernel, grad_output, stride, padding, dilation, groups
+            )
+        return (grad_input, grad_kernel)
+
+    backward._securemark_patched = True  # type: ignore[attr-defined]
+    AutogradConv2D.backward = staticmethod(backward)
+
+
+def _output_padding(
+    grad_output: Any, inputs: Any, kernel: Any, stride: Any, padding: Any, dilation: Any
+) -> Any:
+    from crypten.gradients import _grad_input_padding
+
+    return _grad_input_padding(
+        grad_output, inputs.size(), stride, padding, tuple(kernel.size()[2:]), dilation=dilation
+    )
+
+
+def _kernel_gradient(
+    inputs: Any,
+    kernel: Any,
+    grad_output: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: int,
+) -> Any:
+    """∂L/∂kernel, as CrypTen's AutogradConv2D computes it (one Beaver convolution)."""
+    batch_size = inputs.size(0)
+    out_channels, in_channels, kernel_y, kernel_x = kernel.size()
+    in_channels *= groups
+    grad_output = grad_output.repeat(1, in_channels // groups, 1, 1)
+    grad_output = grad_output.view(
+        grad_output.size(0) * grad_output.size(1), 1, *grad_output.size()[2:]
+    )
+    flat_input = inputs.view(1, batch_size * in_channels, *inputs.size()[2:])
+    # dilation and stride swap places, as in PyTorch's conv2d_weight
+    grad = flat_input.conv2d(
+        grad_output,
+        stride=dilation,
+        padding=padding,
+        dilation=stride,
+        groups=in_channels * batch_size,
+    )
+    grad = grad.view(batch_size, grad.size(1) // batch_size, grad.size(2), grad.size(3))
+    grad = (
+        grad.sum(0)
+        .view(in_channels // groups, out_channels, grad.size(2), grad.size(3))
+        .transpose(0, 1)
+    )
+    return grad.narrow(2, 0, kernel_y).narrow(3, 0, kernel_x)
+
+
 def load_crypten(*, timeout_seconds: float = COMM_TIMEOUT_SECONDS) -> Any:
     """Import CrypTen once, with the shims above applied, and return the module."""
     global _crypten
@@ -59,5 +143,6 @@ def load_crypten(*, timeout_seconds: float = COMM_TIMEOUT_SECONDS) -> Any:
         _bound_process_group_timeout(timeout_seconds)
         import crypten
 
+        _conv2d_backward_only_what_is_needed()
         _crypten = crypten
     return _crypten

@@ -3,10 +3,16 @@
 Each torch layer type maps to a small converter in a registry. Weights are encrypted
 from the model owner's values (it initialised the model), stay secret-shared for
 the whole run, and are revealed to the owner only at the end.
+
+A convolution followed by average pooling is run as ONE strided convolution whose
+kernel is the conv kernel blurred by the pooling box (both are linear, so the result
+is exactly the same). Beaver products then have the pooled size, not the full
+resolution: 4x fewer elements for a 2x2 pool, 16x fewer for 4x4.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +20,12 @@ import torch
 from torch import nn
 
 from securemark_mpc.models.layers import Square
+
+
+def _copy_parameters(converted: Any, layer: nn.Module) -> Any:
+    for name in ("weight", "bias"):
+        converted.set_parameter(name, getattr(layer, name).detach().clone())
+    return converted
 
 
 def _conv(crypten: Any, layer: nn.Conv2d) -> Any:
@@ -24,16 +36,11 @@ def _conv(crypten: Any, layer: nn.Conv2d) -> Any:
         stride=layer.stride,
         padding=layer.padding,
     )
-    converted.set_parameter("weight", layer.weight.detach().clone())
-    converted.set_parameter("bias", layer.bias.detach().clone())
-    return converted
+    return _copy_parameters(converted, layer)
 
 
 def _linear(crypten: Any, layer: nn.Linear) -> Any:
-    converted = crypten.nn.Linear(layer.in_features, layer.out_features)
-    converted.set_parameter("weight", layer.weight.detach().clone())
-    converted.set_parameter("bias", layer.bias.detach().clone())
-    return converted
+    return _copy_parameters(crypten.nn.Linear(layer.in_features, layer.out_features), layer)
 
 
 def _square(crypten: Any, layer: Square) -> Any:
@@ -54,25 +61,70 @@ CONVERTERS: dict[type[nn.Module], Callable[[Any, Any], Any]] = {
 }
 
 
+def _fusable(conv: nn.Module, pool: nn.Module) -> bool:
+    return (
+        isinstance(conv, nn.Conv2d)
+        and isinstance(pool, nn.AvgPool2d)
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and pool.padding == 0
+        and pool.stride == pool.kernel_size
+    )
+
+
+def _conv_pool(crypten: Any, conv: nn.Conv2d, pool: nn.AvgPool2d) -> Any:
+    """avgpool_p(conv_k(x)) computed as conv_{k+p-1, stride p}(x) with a blurred kernel."""
+
+    class ConvPool(crypten.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_parameter("weight", conv.weight.detach().clone())
+            self.register_parameter("bias", conv.bias.detach().clone())
+            self.size = int(pool.kernel_size)
+            self.padding = conv.padding
+            self.box = torch.full((1, 1, self.size, self.size), 1.0 / self.size**2)
+
+        def forward(self, x: Any) -> Any:
+            out_channels, in_channels, k, _ = self.weight.size()
+            # full convolution of every k×k kernel with the pooling box: local, public box
+            blurred = self.weight.view(out_channels * in_channels, 1, k, k).conv2d(
+                self.box, padding=self.size - 1
+            )
+            kernel = blurred.view(out_channels, in_channels, k + self.size - 1, k + self.size - 1)
+            y = x.conv2d(kernel, stride=self.size, padding=self.padding)
+            return y.add(self.bias.unsqueeze(-1).unsqueeze(-1))
+
+    return ConvPool()
+
+
 def encrypt_private_part(crypten: Any, private: nn.Sequential, *, src: int = 0) -> Any:
-    """A CrypTen Sequential with the same layers, its weights shared from party `src`."""
-    layers = []
-    for layer in private:
+    """A CrypTen Sequential computing the same function, its weights shared from `src`.
+
+    Parameter names keep the torch model's (e.g. "0.weight"), so decrypted weights load
+    straight back into it.
+    """
+    layers, modules = list(private), OrderedDict()
+    index = 0
+    while index < len(layers):
+        layer = layers[index]
+        if index + 1 < len(layers) and _fusable(layer, layers[index + 1]):
+            modules[str(index)] = _conv_pool(crypten, layer, layers[index + 1])
+            index += 2
+            continue
         try:
             converter = CONVERTERS[type(layer)]
         except KeyError:
+            known = [t.__name__ for t in CONVERTERS]
             raise ValueError(
-                f"{type(layer).__name__} cannot run under MPC; known: {[t.__name__ for t in CONVERTERS]}"
+                f"{type(layer).__name__} cannot run under MPC; known: {known}"
             ) from None
-        layers.append(converter(crypten, layer))
-    model = crypten.nn.Sequential(*layers)
+        modules[str(index)] = converter(crypten, layer)
+        index += 1
+    model = crypten.nn.Sequential(OrderedDict(modules))
     model.encrypt(src=src)
     model.train()
     return model
-
-
-def share_names(model: Any) -> list[str]:
-    return [name for name, _ in model.named_parameters()]
 
 
 def export_shares(model: Any) -> dict[str, torch.Tensor]:
