@@ -19,6 +19,7 @@ from securemark_mpc.data import DataConfig, DatasetSplits
 from securemark_mpc.models import ModelSpec, make_spec
 
 PROVIDERS = ("ttp", "tfp")
+ENGINES = ("split", "full")
 
 # Learning-rate multipliers by epoch: name -> f(epoch, epochs).
 SCHEDULES: dict[str, Callable[[int, int], float]] = {
@@ -52,6 +53,8 @@ class TrainConfig:
     provider: str = "ttp"
     insecure: bool = False
     eval_each_epoch: bool = True
+    engine: str = "split"  # "split" (the protocol) or "full" (whole model and loss under MPC: a benchmark baseline)
+    max_batches_per_epoch: int | None = None  # benchmarks: time part of an epoch
     comm_timeout_seconds: float = 45.0
 
     def validate(self) -> TrainConfig:

@@ -42,6 +42,14 @@ def _is_connection_error(error: BaseException) -> bool:
     )
 
 
+def _trainer_class(engine: str) -> type:
+    """Engines by name: the split protocol, or everything under MPC (benchmark baseline)."""
+    from securemark_mpc.mpc.full_mpc import FullMpcTrainer
+    from securemark_mpc.mpc.protocol import SplitTrainer
+
+    return {"split": SplitTrainer, "full": FullMpcTrainer}[engine]
+
+
 def run_party(
     *, address: PartyAddress, config: TrainConfig, run: RunFolder, resume: bool, argv: list[str]
 ) -> None:
@@ -64,9 +72,9 @@ def run_party(
         if address.is_dealer:
             serve_triples(crypten)
         else:
-            from securemark_mpc.mpc.protocol import SplitTrainer
-
-            trainer = SplitTrainer(crypten=crypten, config=config, address=address, run=run)
+            trainer = _trainer_class(config.engine)(
+                crypten=crypten, config=config, address=address, run=run
+            )
             trainer.train(resume=resume, argv=argv)
             crypten.uninit()
     except ConfigMismatch as error:

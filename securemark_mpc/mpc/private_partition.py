@@ -98,13 +98,13 @@ def _conv_pool(crypten: Any, conv: nn.Conv2d, pool: nn.AvgPool2d) -> Any:
     return ConvPool()
 
 
-def encrypt_private_part(crypten: Any, private: nn.Sequential, *, src: int = 0) -> Any:
+def encrypt_layers(crypten: Any, layers: nn.Sequential, *, src: int = 0) -> Any:
     """A CrypTen Sequential computing the same function, its weights shared from `src`.
 
     Parameter names keep the torch model's (e.g. "0.weight"), so decrypted weights load
     straight back into it.
     """
-    layers, modules = list(private), OrderedDict()
+    layers, modules = list(layers), OrderedDict()
     index = 0
     while index < len(layers):
         layer = layers[index]

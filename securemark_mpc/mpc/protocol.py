@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from securemark_mpc.models import (
     save_model,
 )
 from securemark_mpc.mpc import checkpoint
-from securemark_mpc.mpc.private_partition import encrypt_private_part
+from securemark_mpc.mpc.private_partition import encrypt_layers
 from securemark_mpc.mpc.reveal import MODEL_OWNER, reveal
 from securemark_mpc.mpc.session import PartyAddress, PartyFailure, exchange_handshake
 from securemark_mpc.run_folder import RunFolder
@@ -112,29 +113,28 @@ class SplitTrainer:
             )
         return [row[0] for row in rows[1:]], rows[0][2]
 
-    def _share_training_data(self, shard_sizes: list[int]) -> tuple[Any, torch.Tensor | None]:
-        """Each data owner shares its own images; labels are revealed to the owner only."""
-        images, labels = [], []
+    def _share_per_owner(
+        self, shard_sizes: list[int], values: Any, shape: tuple[int, ...]
+    ) -> list[Any]:
+        """Each data owner secret-shares its own tensor (`values(shard)`); all get shares."""
+        shared = []
         for owner, size in enumerate(shard_sizes, start=1):
             mine = self.rank == owner
-            assert self.shard is None or not mine or len(self.shard) == size
-            images.append(
+            plain = values(self.shard) if mine and self.shard is not None else None
+            shared.append(
                 _share_from(
-                    self.crypten,
-                    rank=self.rank,
-                    src=owner,
-                    value=self.shard.images if mine else None,
-                    shape=(size, *self.spec.input_shape),
+                    self.crypten, rank=self.rank, src=owner, value=plain, shape=(size, *shape)
                 )
             )
-            shared_labels = _share_from(
-                self.crypten,
-                rank=self.rank,
-                src=owner,
-                value=self.shard.labels.float() if mine else None,
-                shape=(size,),
-            )
-            labels.append(reveal(shared_labels, kind="labels", rank=self.rank))
+        return shared
+
+    def _share_training_data(self, shard_sizes: list[int]) -> tuple[Any, torch.Tensor | None]:
+        """Each data owner shares its own images; labels are revealed to the owner only."""
+        images = self._share_per_owner(
+            shard_sizes, lambda shard: shard.images, self.spec.input_shape
+        )
+        shared_labels = self._share_per_owner(shard_sizes, lambda shard: shard.labels.float(), ())
+        labels = [reveal(part, kind="labels", rank=self.rank) for part in shared_labels]
         owner_labels = torch.cat(labels).round().long() if self.is_owner else None
         return self.crypten.cat(images, dim=0), owner_labels
 
@@ -157,7 +157,7 @@ class SplitTrainer:
             shape=(test_size, *self.spec.input_shape),
         )
         model = build_model(self.spec, seed=config.seed)  # only the owner's values are used
-        private = encrypt_private_part(crypten, private_part(model, self.spec), src=MODEL_OWNER)
+        private = encrypt_layers(crypten, private_part(model, self.spec), src=MODEL_OWNER)
         private_optimizer = crypten.optim.SGD(
             private.parameters(), lr=config.learning_rate, momentum=config.momentum
         )
@@ -232,7 +232,7 @@ class SplitTrainer:
         for group in owner.optimizer.param_groups if owner else []:
             group["lr"] = self.config.learning_rate_at(epoch)
         order = batch_order(seed=self.config.seed, epoch=epoch, size=total)
-        batches = order.split(self.config.batch_size)
+        batches = order.split(self.config.batch_size)[: self.config.max_batches_per_epoch]
         progress = tqdm(
             batches,
             desc=f"epoch {epoch + 1}/{self.config.epochs}",
@@ -329,14 +329,18 @@ class SplitTrainer:
         """The training set's cut-layer features under the final weights, for fingerprinting."""
         return self._forward_reveal(private, images, private_data=True)
 
-    def _communication_totals(self) -> dict[str, float]:
+    def _communication_totals(self) -> dict[str, Any]:
+        """CrypTen's byte and round counters summed over the computing parties, and
+        each party's peak memory (the dealer is not in this group and not counted)."""
         comm = self.crypten.communicator.get()
         stats = comm.get_communication_stats()
-        mine = torch.tensor([int(stats["bytes"]), int(stats["rounds"])], dtype=torch.long)
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        mine = torch.tensor([int(stats["bytes"]), int(stats["rounds"]), peak_rss], dtype=torch.long)
         rows = comm.all_gather(mine)
         return {
             "comm_bytes": float(sum(row[0] for row in rows)),
             "comm_rounds": float(sum(row[1] for row in rows)),
+            "peak_rss_bytes_per_party": [int(row[2]) for row in rows],
         }
 
     def _finish(
