@@ -42,7 +42,8 @@ DATASETS: dict[str, TrainConfig] = {
         data=DataConfig(
             dataset="idx", data_root=str(MNIST_T10K), file_order=True, aux_fraction=0.0
         ),
-        learning_rate=0.05,
+        batch_size=64,
+        learning_rate=0.1,
     ),
 }
 

@@ -68,7 +68,11 @@ def train_plaintext(
         ):
             if steps is not None and taken >= steps:
                 break
-            loss = nn.functional.cross_entropy(model(train.images[indices]), train.labels[indices])
+            loss = nn.functional.cross_entropy(
+                model(train.images[indices]),
+                train.labels[indices],
+                label_smoothing=config.label_smoothing,
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -57,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--lr", type=float, default=defaults.learning_rate)
     optim.add_argument("--lr-schedule", default=defaults.lr_schedule, help="cosine or constant")
     optim.add_argument("--momentum", type=float, default=defaults.momentum)
+    optim.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
     optim.add_argument("--seed", type=int, default=defaults.seed)
     optim.add_argument(
         "--no-eval", action="store_true", help="skip the per-epoch MPC test evaluation"
@@ -108,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         learning_rate=args.lr,
         lr_schedule=args.lr_schedule,
         momentum=args.momentum,
+        label_smoothing=args.label_smoothing,
         seed=args.seed,
         provider=args.provider,
         insecure=args.insecure,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from securemark_mpc.mpc.session import PartyFailure
+from securemark_mpc.mpc.session import PartyFailure, PeerLost
 
 TRIPLE_KINDS = frozenset({"additive", "square", "binary", "wraps", "B2A"})
 
@@ -33,7 +33,7 @@ def serve_triples(crypten: Any) -> None:
                 try:
                     message = comm.recv_obj(0, self.ttp_group)
                 except RuntimeError as error:
-                    raise PartyFailure(
+                    raise PeerLost(
                         f"lost the model owner while waiting for a request: {error}"
                     ) from None
                 if message == "terminate":

@@ -35,13 +35,15 @@ class FullMpcTrainer(SplitTrainer):
         images = crypten.cat(
             self._share_per_owner(shard_sizes, lambda s: s.images, self.spec.input_shape)
         )
-        one_hot = crypten.cat(
-            self._share_per_owner(
-                shard_sizes,
-                lambda s: torch.nn.functional.one_hot(s.labels, num_classes).float(),
-                (num_classes,),
-            )
-        )
+        smoothing = config.label_smoothing
+
+        def soft_targets(
+            shard: Any,
+        ) -> torch.Tensor:  # the same smoothed targets as the owner's loss
+            one_hot = torch.nn.functional.one_hot(shard.labels, num_classes).float()
+            return one_hot * (1 - smoothing) + smoothing / num_classes
+
+        targets = crypten.cat(self._share_per_owner(shard_sizes, soft_targets, (num_classes,)))
         model = build_model(self.spec, seed=config.seed)
         encrypted = encrypt_layers(crypten, model, src=MODEL_OWNER)
         optimizer = crypten.optim.SGD(
@@ -63,7 +65,7 @@ class FullMpcTrainer(SplitTrainer):
                 disable=not self.is_owner,
                 file=sys.stderr,
             ):
-                loss = loss_function(encrypted(images[indices]), one_hot[indices])
+                loss = loss_function(encrypted(images[indices]), targets[indices])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -24,6 +24,7 @@ from securemark_mpc.mpc.session import (
     Liveness,
     PartyAddress,
     PartyFailure,
+    PeerLost,
     die,
     start_crypten,
     warn_if_not_loopback,
@@ -81,7 +82,7 @@ def run_party(
         liveness.report_own_failure(str(error))
         die(f"[{address.role}] {error}", code=EXIT_CONFIG_MISMATCH)
     except BaseException as error:  # noqa: BLE001 - every failure must end this process
-        if _is_connection_error(error) or isinstance(error, PartyFailure) and "lost" in str(error):
+        if isinstance(error, PeerLost) or _is_connection_error(error):
             cause = liveness.diagnose()
             die(f"[{address.role}] stopping: {cause}", code=EXIT_PEER_FAILED)
         message = f"{type(error).__name__}: {error}"

@@ -269,12 +269,14 @@ class SplitTrainer:
         public = public_part(owner.model, self.spec)
         public.train()
         logits = public(revealed)
-        loss = nn.functional.cross_entropy(logits, labels)
+        loss = nn.functional.cross_entropy(
+            logits, labels, label_smoothing=self.config.label_smoothing
+        )
         owner.optimizer.zero_grad()
         loss.backward()
         owner.optimizer.step()
         hits = int((logits.argmax(dim=1) == labels).sum())
-        return revealed.grad.detach(), float(loss), hits
+        return revealed.grad.detach(), float(loss.detach()), hits
 
     def _noised(self, hidden: Any) -> Any:
         """h + n under MPC, n ~ N(0, σ²) summed from every data owner's secret share.

@@ -37,6 +37,10 @@ class ConfigMismatch(PartyFailure):
     """The parties were launched with different settings."""
 
 
+class PeerLost(PartyFailure):
+    """Communication with another party broke; the liveness diagnosis names whom."""
+
+
 @dataclass(frozen=True)
 class PartyAddress:
     """Where one party sits: its rank, the number of computing parties, the rendezvous."""
