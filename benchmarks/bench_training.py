@@ -108,6 +108,7 @@ def run_mpc(config: TrainConfig, workdir: Path) -> dict[str, Any]:
         "epochs": len(history),
         "train_size": metrics["train_size"],
         "extrapolated_from_batches": None if timed_batches == batches_per_epoch else timed_batches,
+        "profile": metrics.get("profile_owner"),
     }
 
 
@@ -173,6 +174,19 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {dataset} | **ratios** | split/plaintext {ratios['split_over_plaintext']:.1f}×, "
             f"full/split {ratios['full_over_split']:.1f}× | gap {ratios['accuracy_gap_pp']:+.2f} pp | | | |"
         )
+    for dataset, entry in results["datasets"].items():
+        profile = entry["split_mpc"].get("profile") or {}
+        total = sum(phase["seconds"] for phase in profile.values()) or 1.0
+        lines += [
+            "",
+            f"Where split-MPC training time goes on {dataset} (as seen by the model owner):",
+            "",
+        ]
+        lines += ["| phase | share of time | rounds | MB |", "| --- | --- | --- | --- |"]
+        for name, phase in sorted(profile.items(), key=lambda item: -item[1]["seconds"]):
+            lines.append(
+                f"| {name} | {100 * phase['seconds'] / total:.0f}% | {phase['rounds']:.0f} | {phase['bytes'] / 1e6:.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -9,12 +9,14 @@ holds plaintext.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +76,25 @@ def _own_shard(config: TrainConfig, splits: DatasetSplits, rank: int) -> Labeled
     return splits.train.subset(shards[rank - 1])
 
 
+class PhaseProfile:
+    """Where a training epoch's time and communication go, phase by phase (built-in profile)."""
+
+    def __init__(self, crypten: Any) -> None:
+        self.crypten = crypten
+        self.totals: dict[str, dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        comm = self.crypten.communicator.get()
+        before, began = dict(comm.get_communication_stats()), time.perf_counter()
+        yield
+        after = comm.get_communication_stats()
+        total = self.totals.setdefault(name, {"seconds": 0.0, "rounds": 0.0, "bytes": 0.0})
+        total["seconds"] += time.perf_counter() - began
+        total["rounds"] += after["rounds"] - before["rounds"]
+        total["bytes"] += after["bytes"] - before["bytes"]
+
+
 class SplitTrainer:
     """One computing party's view of a split-training run."""
 
@@ -95,6 +116,7 @@ class SplitTrainer:
             int.from_bytes(os.urandom(8), "little") >> 1
         )
         del splits  # each party keeps only what its role holds
+        self.profile = PhaseProfile(crypten)
 
     # -- set-up ---------------------------------------------------------------------
     def _handshake(self, resume_epoch: int) -> tuple[list[int], int]:
@@ -242,25 +264,33 @@ class SplitTrainer:
             leave=False,
         )
         loss_sum, correct = 0.0, 0
+        phase = self.profile.phase
         for indices in progress:
-            hidden = private(images[indices])
-            revealed = reveal(self._noised(hidden), kind="activations", rank=self.rank)
+            with phase("private forward (MPC)"):
+                hidden = private(images[indices])
+                noised = self._noised(hidden)
+            with phase("reveal to owner"):
+                revealed = reveal(noised, kind="activations", rank=self.rank)
             gradient = None
-            if owner is not None:
-                gradient, loss, hits = self._owner_step(owner, revealed, owner.labels[indices])
-                loss_sum += loss * len(indices)
-                correct += hits
-                progress.set_postfix(loss=f"{loss:.3f}")
-            shared_gradient = _share_from(
-                self.crypten,
-                rank=self.rank,
-                src=MODEL_OWNER,
-                value=None if gradient is None else gradient * scale,
-                shape=tuple(hidden.size()),
-            )
-            optimizer.zero_grad()
-            hidden.backward(shared_gradient)
-            optimizer.step()
+            with phase("owner plaintext step"):
+                if owner is not None:
+                    gradient, loss, hits = self._owner_step(owner, revealed, owner.labels[indices])
+                    loss_sum += loss * len(indices)
+                    correct += hits
+                    progress.set_postfix(loss=f"{loss:.3f}")
+            with phase("share gradient"):
+                shared_gradient = _share_from(
+                    self.crypten,
+                    rank=self.rank,
+                    src=MODEL_OWNER,
+                    value=None if gradient is None else gradient * scale,
+                    shape=tuple(hidden.size()),
+                )
+            with phase("private backward (MPC)"):
+                optimizer.zero_grad()
+                hidden.backward(shared_gradient)
+            with phase("private update (MPC)"):
+                optimizer.step()
         progress.close()
         return loss_sum / total, correct / total
 
@@ -365,6 +395,7 @@ class SplitTrainer:
             "history": owner.history,
             **comm,
             "private_nonlinear_elements_per_sample": self.spec.private_nonlinear_elements(),
+            "profile_owner": self.profile.totals,
             "train_size": int(features.shape[0]),
             "test_size": len(self.test),
         }
