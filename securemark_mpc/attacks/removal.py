@@ -192,7 +192,8 @@ class Overwrite(Attack):
     """Embed the attacker's own random codeword with the attacker's own random key and
     carrier (Wang & Kerschbaum 2019 "Attacks on digital watermarks for DNNs"). The
     attacker's features are its own aux images through the copy's private partition.
-    Strength: the attacker's code length in bits."""
+    Strength: the attacker's code length in bits. The attacker picks a random Linear
+    weight with at least 16 weights per bit (else the largest), so that its mark fits."""
 
     name, strength_name, default_strength = "overwrite", "bits", 304
     sweep = (304, 1024)
@@ -206,13 +207,18 @@ class Overwrite(Attack):
         model = models[0]
         rng = np.random.default_rng(context.seed)
         public = public_part(model, context.spec)
-        carriers = [
-            f"{name}.weight"
+        bits = int(self.strength)
+        linear = {
+            f"{name}.weight": layer.weight.numel()
             for name, layer in public.named_children()
             if isinstance(layer, nn.Linear)
+        }
+        # a random Linear weight with room for the attacker's bits (16 weights a bit), else the largest
+        roomy = sorted(name for name, size in linear.items() if size >= 16 * bits) or [
+            max(linear, key=linear.get)
         ]
-        carrier = carriers[int(rng.integers(len(carriers)))]
-        config = FingerprintConfig(code=CodeConfig(length=int(self.strength)), carrier=carrier)
+        carrier = roomy[int(rng.integers(len(roomy)))]
+        config = FingerprintConfig(code=CodeConfig(length=bits), carrier=carrier)
         key = keygen(spec=context.spec, config=config, seed=int(rng.integers(2**62)))
         with torch.no_grad():
             features = private_part(model, context.spec)(context.aux.images)
