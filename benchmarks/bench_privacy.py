@@ -48,11 +48,12 @@ DATASETS = {
     "mnist": DataConfig(dataset="idx", data_root=str(MNIST_T10K)),
 }
 ACCURACY_TARGETS = {"digits": 0.97, "mnist": 0.975}
-RECOMMENDED = "split 8 (ReLU 3)"
+RECOMMENDED = "split 8 σ=0.2"
 CURRENT_DEFAULT = "default"
 ANCHOR = "split 1 (conv)"
 UNRECOGNISABLE = 0.3  # He et al., ACSAC 2019
 EQUAL_ACCURACY_SLACK = 0.005  # "equal accuracy": within half a percentage point
+FLOAT32_SLACK = 1e-6  # accuracies are float32: 1950/2000 reads 0.97499999
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -123,6 +124,20 @@ def print_table(dataset: str, table: dict[str, dict[str, Any]], seeds: list[int]
         )
 
 
+def noise_only_ssim_at(table: dict[str, dict[str, Any]], *, accuracy: float) -> float:
+    """The noise-only baseline's lowest attacker SSIM among its settings at least as
+    accurate as `accuracy` (within EQUAL_ACCURACY_SLACK), or else its most accurate ones."""
+    baseline = [row for row in table.values() if row["noise_only"]]
+    needed = min(
+        accuracy - EQUAL_ACCURACY_SLACK, max(row["test_accuracy"]["median"] for row in baseline)
+    )
+    return min(
+        row["attacker_ssim"]["median"]
+        for row in baseline
+        if row["test_accuracy"]["median"] >= needed
+    )
+
+
 def check(dataset: str, table: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
     """Failed checks, and the verdicts on the issue's targets."""
     problems = []
@@ -136,37 +151,38 @@ def check(dataset: str, table: dict[str, dict[str, Any]]) -> tuple[list[str], di
             )
     if table[ANCHOR]["attacker_ssim"]["median"] < 0.95:
         problems.append(f"{dataset}: revealing conv1 should leak SSIM >= 0.95 (He et al.)")
-    recommended = table[RECOMMENDED]
-    accuracy = recommended["test_accuracy"]["median"]
-    if accuracy < ACCURACY_TARGETS[dataset]:
+    verdicts: dict[str, Any] = {"recommended": RECOMMENDED}
+    for role, name in (("recommended", RECOMMENDED), ("current_default", CURRENT_DEFAULT)):
+        accuracy = table[name]["test_accuracy"]["median"]
+        ssim = table[name]["attacker_ssim"]["median"]
+        baseline = noise_only_ssim_at(table, accuracy=accuracy)
+        verdicts |= {
+            f"{role}_accuracy": accuracy,
+            f"{role}_attacker_ssim": ssim,
+            f"{role}_noise_only_at_equal_accuracy_ssim": baseline,
+            f"{role}_beats_noise_only": ssim < baseline,
+        }
+    if verdicts["recommended_accuracy"] < ACCURACY_TARGETS[dataset] - FLOAT32_SLACK:
         problems.append(
-            f"{dataset} {RECOMMENDED}: accuracy {accuracy:.4f} < {ACCURACY_TARGETS[dataset]}"
+            f"{dataset} {RECOMMENDED}: accuracy {verdicts['recommended_accuracy']:.4f} "
+            f"< {ACCURACY_TARGETS[dataset]}"
         )
-    baseline = [row for row in table.values() if row["noise_only"]]
-    as_accurate = [
-        row for row in baseline if row["test_accuracy"]["median"] >= accuracy - EQUAL_ACCURACY_SLACK
-    ] or [max(baseline, key=lambda row: row["test_accuracy"]["median"])]
-    best_baseline = min(row["attacker_ssim"]["median"] for row in as_accurate)
-    ours = recommended["attacker_ssim"]["median"]
-    if ours >= best_baseline:
+    if not verdicts["recommended_beats_noise_only"]:
         problems.append(
-            f"{dataset} {RECOMMENDED}: attacker SSIM {ours:.3f} not below the noise-only "
-            f"baseline's {best_baseline:.3f} at equal accuracy"
+            f"{dataset} {RECOMMENDED}: attacker SSIM {verdicts['recommended_attacker_ssim']:.3f} "
+            "not below the noise-only baseline's "
+            f"{verdicts['recommended_noise_only_at_equal_accuracy_ssim']:.3f} at equal accuracy"
         )
-    floor = recommended["attacks"]["labels-only"]["ssim"]["median"]
-    accurate_baseline = [row for row in baseline if row["test_accuracy"]["median"] >= 0.95]
-    verdicts = {
-        "recommended": RECOMMENDED,
-        "recommended_attacker_ssim": ours,
-        "recommended_accuracy": accuracy,
-        "current_default_attacker_ssim": table[CURRENT_DEFAULT]["attacker_ssim"]["median"],
-        "current_default_accuracy": table[CURRENT_DEFAULT]["test_accuracy"]["median"],
-        "noise_only_at_equal_accuracy_attacker_ssim": best_baseline,
-        "noise_only_at_95pct_min_attacker_ssim": min(
-            (row["attacker_ssim"]["median"] for row in accurate_baseline), default=None
-        ),
+    floor = table[RECOMMENDED]["attacks"]["labels-only"]["ssim"]["median"]
+    accurate_baseline = [
+        row["attacker_ssim"]["median"]
+        for row in table.values()
+        if row["noise_only"] and row["test_accuracy"]["median"] >= 0.95
+    ]
+    verdicts |= {
+        "noise_only_at_95pct_min_attacker_ssim": min(accurate_baseline, default=None),
         "labels_only_floor_ssim": floor,
-        "ssim_at_most_0.3": ours <= UNRECOGNISABLE,
+        "ssim_at_most_0.3": verdicts["recommended_attacker_ssim"] <= UNRECOGNISABLE,
         "ssim_at_most_0.3_attainable": floor <= UNRECOGNISABLE,
     }
     return problems, verdicts

@@ -9,8 +9,9 @@ from securemark_mpc.commands import load_commands
 from securemark_mpc.config import ConfigError
 from securemark_mpc.data import DataError
 from securemark_mpc.models import ModelFileError
+from securemark_mpc.registry import RegistryError
 
-USER_ERRORS = (ConfigError, DataError, ModelFileError)
+USER_ERRORS = (ConfigError, DataError, ModelFileError, RegistryError)
 EXIT_BAD_INPUT = 2
 
 

@@ -4,6 +4,9 @@ RUN/config.json     resolved TrainConfig and the command line (minGPT habit)
 RUN/model.pt        the decrypted model (plain PyTorch)
 RUN/metrics.json    test accuracy, time, communication, per-epoch history
 RUN/features.pt     the training set's cut-layer features, cached by the owner
+RUN/fingerprint_key.json  the owner's secret fingerprint key (mode 0600)
+RUN/registry.sqlite the customers and their codewords (mode 0600)
+RUN/copies/NAME.pt  the fingerprinted copy issued to customer NAME
 RUN/checkpoints/    one file per party: its own shares, never another's
 RUN/logs/           each party's output when launched locally
 """
@@ -34,6 +37,17 @@ class RunFolder:
     @property
     def config_path(self) -> Path:
         return self.root / "config.json"
+
+    @property
+    def key_path(self) -> Path:
+        return self.root / "fingerprint_key.json"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.root / "registry.sqlite"
+
+    def copy_path(self, customer: str) -> Path:
+        return self.root / "copies" / f"{customer}.pt"
 
     def checkpoint(self, rank: int) -> Path:
         return self.root / "checkpoints" / f"rank{rank}.pt"

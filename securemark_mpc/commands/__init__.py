@@ -7,7 +7,17 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-COMMAND_MODULES = ("train", "evaluate", "demo")
+COMMAND_MODULES = (
+    "train",
+    "evaluate",
+    "issue",
+    "customers",
+    "verify",
+    "attack",
+    "robustness",
+    "audit",
+    "demo",
+)
 
 
 @dataclass(frozen=True)

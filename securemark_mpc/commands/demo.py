@@ -1,15 +1,32 @@
-"""`securemark demo`: the whole story on the embedded digits, start to end."""
+"""`securemark demo`: the whole story on the embedded digits, start to end.
+
+Train under MPC, issue fingerprinted copies to five customers, leak one copy, and let
+`verify` name the leaker, printing what happened at each step.
+"""
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 from securemark_mpc.commands import Command
 from securemark_mpc.commands.train import check_runnable, train
+from securemark_mpc.commands.verify import describe
 from securemark_mpc.config import ConfigError, TrainConfig
+from securemark_mpc.data import load_splits
+from securemark_mpc.fingerprint.copies import issue_copy, verify_file
+from securemark_mpc.fingerprint.key import load_key
+from securemark_mpc.models import load_model
+from securemark_mpc.plaintext import accuracy
 from securemark_mpc.run_folder import RunFolder
+
+CUSTOMERS = ("alice", "bob", "carol", "dave", "erin")
+INDENT = "      "
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +34,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)"
     )
     parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    parser.add_argument(
+        "--leaker", choices=CUSTOMERS, help="whose copy leaks (default: chosen at random)"
+    )
+
+
+def fingerprint_story(run: RunFolder, *, leaker: str) -> int:
+    """Steps 2-4 on a trained run: issue, leak, verify. Exit 0 iff exactly the leaker is accused."""
+    test = load_splits(run.load_config().data).test
+    unmarked = accuracy(load_model(run.model_path)[0], test)
+    print(f"[2/4] issuing fingerprinted copies to {len(CUSTOMERS)} customers")
+    for name in CUSTOMERS:
+        began = time.perf_counter()
+        issued = issue_copy(run=run, name=name)
+        seconds = time.perf_counter() - began
+        copy_accuracy = accuracy(load_model(issued.path)[0], test)
+        print(
+            f"{INDENT}{name:<6} {issued.path}  test accuracy {copy_accuracy:.4f} "
+            f"(unmarked {unmarked:.4f}, {100 * (copy_accuracy - unmarked):+.2f} pp)  {seconds:.1f} s"
+        )
+    key = load_key(run.key_path)
+    print(
+        f"{INDENT}each copy carries its own {key.length}-bit Tardos codeword in {key.carrier} "
+        f"(margin {key.embed.margin:g}), the one tensor that differs from the unmarked model"
+    )
+    leaked = run.root / "leaked.pt"
+    model, _ = load_model(run.copy_path(leaker))
+    torch.save(model.state_dict(), leaked)
+    print(
+        f"[3/4] a copy leaks: {leaker}'s copy turns up as {leaked}, re-saved as a bare state dict"
+    )
+    print(f"[4/4] securemark verify --run {run.root} {leaked}")
+    report, customers = verify_file(run=run, suspect=leaked)
+    for line in describe(report, customers=customers):
+        print(INDENT + line)
+    accused = [a.customer for a in report.accused]
+    correct = accused == [leaker]
+    print(
+        f"who leaked it: {', '.join(accused) or 'nobody'} "
+        f"({'correct' if correct else 'WRONG'}: the leaker was {leaker})"
+    )
+    return 0 if correct else 1
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -26,12 +84,15 @@ def run_command(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs).validate()
     check_runnable(config)
     print(
-        f"[1/1] training on digits under MPC: 1 model owner, {config.data_owners} data owners, "
+        f"[1/4] training on digits under MPC: 1 model owner, {config.data_owners} data owners, "
         "1 TTP dealer, each a separate process",
-        file=sys.stderr,
+        flush=True,
     )
     run.save_config(config, argv=sys.argv)
-    return train(run, config)
+    status = train(run, config)
+    if status != 0:
+        return status
+    return fingerprint_story(run, leaker=args.leaker or secrets.choice(CUSTOMERS))
 
 
 COMMAND = Command(

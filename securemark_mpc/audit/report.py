@@ -1,0 +1,177 @@
+"""Attack what one run revealed and score it: the privacy report of a run folder.
+
+The attacks run on a fixed, seeded subset of the private training images. Their
+revealed activations come from the run's features.pt (the owner's cache, noise
+included); the originals, needed only to score, come from ``training_order``, which
+yields the training images in the order of features.pt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from securemark_mpc.audit.attacks import ATTACKS, Revealed
+from securemark_mpc.audit.metrics import Scores, score, ssim_window
+from securemark_mpc.audit.plots import plot_reconstructions
+from securemark_mpc.config import ConfigError
+from securemark_mpc.data import DataError, LabeledImages, load_splits
+from securemark_mpc.models import ModelSpec, load_model, private_part
+from securemark_mpc.plaintext import training_order
+from securemark_mpc.run_folder import RunFolder
+
+REFERENCES = ("raw", "labels-only")  # reference rows, not attacks on the activations
+REPORTS = "reports"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Which attacks to run, on how many private images, from which seed."""
+
+    images: int = 128  # a fixed subset keeps the white-box attack within seconds
+    attacks: tuple[str, ...] = ("raw", "labels-only", "inverse-network", "white-box")
+    seed: int = 0
+
+    def validate(self) -> AuditConfig:
+        unknown = sorted(set(self.attacks) - set(ATTACKS))
+        if unknown:
+            raise ConfigError(f"unknown attacks {unknown}; known: {sorted(ATTACKS)}")
+        if self.images < 1:
+            raise ConfigError(f"--images must be at least 1, got {self.images}")
+        return self
+
+
+@dataclass
+class AuditResult:
+    """Each attack's scores and reconstructions of the same private images."""
+
+    originals: torch.Tensor
+    scores: dict[str, Scores] = field(default_factory=dict)
+    reconstructions: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def attacker_ssim(self) -> float | None:
+        """The strongest real attack's SSIM (references excluded): the privacy number."""
+        return max(
+            (scores.ssim for name, scores in self.scores.items() if name not in REFERENCES),
+            default=None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        height, width = self.originals.shape[-2:]
+        return {
+            "attacks": {name: scores.to_json() for name, scores in self.scores.items()},
+            "attacker_ssim": self.attacker_ssim,
+            "attack_seconds": dict(self.seconds),
+            "images": len(self.originals),
+            "ssim_window": ssim_window(height=int(height), width=int(width)),
+        }
+
+
+def evaluation_subset(*, size: int, count: int, seed: int) -> torch.Tensor:
+    """The indices of the private images attacked: fixed by the seed, sorted."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(size, generator=generator)[:count].sort().values
+
+
+def attack_reveal(
+    *,
+    private: nn.Module,
+    features: torch.Tensor,
+    train: LabeledImages,
+    aux: LabeledImages,
+    noise_sigma: float,
+    config: AuditConfig,
+    progress: bool = False,
+) -> AuditResult:
+    """Run every configured attack on what the owner saw of `train` (features in order)."""
+    if len(features) != len(train):
+        raise DataError(f"{len(features)} revealed feature rows for {len(train)} training images")
+    chosen = evaluation_subset(size=len(train), count=config.images, seed=config.seed)
+    originals, labels = train.images[chosen], train.labels[chosen]
+    seen = Revealed(features=features[chosen], labels=labels, noise_sigma=noise_sigma)
+    raw = Revealed(features=originals, labels=labels, noise_sigma=0.0)
+    result = AuditResult(originals=originals)
+    for name in tqdm(config.attacks, desc="attacks", leave=False, disable=not progress):
+        attack = ATTACKS[name]()
+        began = time.perf_counter()
+        guess = attack.reconstruct(
+            private=nn.Identity() if attack.reveals_input else private,
+            revealed=raw if attack.reveals_input else seen,
+            aux=aux,
+            seed=config.seed,
+        )
+        result.seconds[name] = time.perf_counter() - began
+        result.scores[name] = score(original=originals, reconstructed=guess)
+        result.reconstructions[name] = guess
+    return result
+
+
+def describe_partition(spec: ModelSpec, *, cut: int) -> dict[str, Any]:
+    """What the private partition (the first `cut` layers) is made of, and its MPC cost."""
+    private = spec.layers[:cut]
+    first = lambda kind, option: next(  # noqa: E731
+        (layer[option] for layer in private if layer["kind"] == kind), None
+    )
+    partition = replace(spec, split=cut) if cut > 0 else None
+    return {
+        "split": cut,
+        "private_channels": first("conv", "out"),
+        "private_pool": first("avgpool", "size"),
+        "cut_shape": list(partition.cut_shape if partition else spec.input_shape),
+        "private_nonlinear_elements": partition.private_nonlinear_elements() if partition else 0,
+    }
+
+
+def reconstruction_rows(
+    result: AuditResult, *, prefix: str = "", attacks: Sequence[str] | None = None
+) -> list[tuple[str, torch.Tensor]]:
+    """Rows for the picture grid: `prefix` + attack name, then that attack's guesses."""
+    names = attacks if attacks is not None else list(result.reconstructions)
+    return [(f"{prefix}{name}", result.reconstructions[name]) for name in names]
+
+
+def audit_run(*, run: RunFolder, config: AuditConfig, progress: bool = True) -> dict[str, Any]:
+    """Attack a run's revealed features; write reports/privacy.json and reconstructions.png."""
+    config.validate()
+    train_config = run.load_config()
+    metrics = run.read_json("metrics.json")
+    splits = load_splits(train_config.data)
+    model, spec = load_model(run.model_path)
+    if not run.features_path.is_file():
+        raise ConfigError(f"{run.features_path} not found: the run has not finished training")
+    cached = torch.load(run.features_path, map_location="cpu", weights_only=True)
+    train = training_order(train_config, splits)
+    if not torch.equal(cached["labels"], train.labels):
+        raise DataError(f"{run.features_path} does not match the run's training images")
+    result = attack_reveal(
+        private=private_part(model, spec).eval(),
+        features=cached["features"],
+        train=train,
+        aux=splits.aux,
+        noise_sigma=train_config.reveal_noise_sigma,
+        config=config,
+        progress=progress,
+    )
+    report = {
+        "run": str(run.root),
+        "dataset": train_config.data.dataset,
+        "noise_sigma": train_config.reveal_noise_sigma,
+        "test_accuracy": metrics.get("test_accuracy"),
+        **describe_partition(spec, cut=spec.split),
+        **result.to_json(),
+    }
+    (run.root / REPORTS).mkdir(parents=True, exist_ok=True)
+    run.write_json(f"{REPORTS}/privacy.json", report)
+    plot_reconstructions(
+        path=run.root / REPORTS / "reconstructions.png",
+        rows=[("original", result.originals), *reconstruction_rows(result)],
+    )
+    return report

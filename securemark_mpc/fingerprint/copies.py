@@ -1,0 +1,168 @@
+"""Issuing fingerprinted copies from a run folder, and verifying suspect files against it.
+
+Issuing is serialised by a lock file in the run: a customer's codeword is drawn from
+(key seed, customer index), so two concurrent issues must not both take the same next
+index. The copy is written under a temporary name and only renamed into place once the
+registry holds the customer, so a refused issue never overwrites an existing copy.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from securemark_mpc.config import ConfigError
+from securemark_mpc.fingerprint.embed import embed
+from securemark_mpc.fingerprint.key import (
+    FingerprintConfig,
+    FingerprintKey,
+    codeword_for,
+    fresh_seed,
+    keygen,
+    load_key,
+    save_key,
+)
+from securemark_mpc.fingerprint.trace import TraceReport
+from securemark_mpc.fingerprint.verify import verify_model
+from securemark_mpc.models import ModelSpec, build_model, load_model
+from securemark_mpc.models.model_file import read_run_spec, save_model
+from securemark_mpc.registry import Customer, Registry, RegistryError, validate_name
+from securemark_mpc.run_folder import RunFolder
+
+
+@dataclass(frozen=True)
+class IssuedCopy:
+    customer: Customer
+    path: Path
+    key_created: bool
+
+
+def load_features(run: RunFolder) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cached cut-layer features and labels of the training set."""
+    path = run.features_path
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: is {run.root} a finished training run?")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or not {"features", "labels"} <= set(payload):
+        raise ConfigError(f"{path} does not hold cached features and labels")
+    return payload["features"], payload["labels"]
+
+
+def _check_key(key: FingerprintKey, spec: ModelSpec, config: FingerprintConfig | None) -> None:
+    if config is not None and (
+        key.code != config.code
+        or key.embed != config.embed
+        or config.carrier not in (None, key.carrier)
+    ):
+        raise ConfigError(
+            f"the run's fingerprint key was made with other settings ({key.length} bits, "
+            f"carrier {key.carrier}); every copy of a run uses the same key"
+        )
+    carrier = build_model(spec, seed=0).state_dict().get(key.carrier)
+    if carrier is None or tuple(carrier.shape) != key.carrier_shape:
+        raise ConfigError(f"the fingerprint key's carrier {key.carrier!r} does not fit this model")
+
+
+def ensure_key(
+    *, run: RunFolder, spec: ModelSpec, config: FingerprintConfig | None, seed: int | None
+) -> tuple[FingerprintKey, bool]:
+    """The run's key, made on first use (from ``seed``, else OS entropy); True if just made."""
+    if run.key_path.exists():
+        key = load_key(run.key_path)
+        _check_key(key, spec, config)
+        return key, False
+    key = keygen(
+        spec=spec,
+        config=config or FingerprintConfig(),
+        seed=fresh_seed() if seed is None else seed,
+    )
+    save_key(run.key_path, key)
+    return key, True
+
+
+@contextmanager
+def _issue_lock(run: RunFolder) -> Iterator[None]:
+    run.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run.root / ".issue.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def issue_copy(
+    *,
+    run: RunFolder,
+    name: str,
+    reissue: bool = False,
+    config: FingerprintConfig | None = None,
+    key_seed: int | None = None,
+) -> IssuedCopy:
+    """Embed customer ``name``'s codeword into a copy of the run's model and register it.
+
+    Writes ``RUN/copies/NAME.pt`` and records name, codeword, the copy's SHA-256 and the
+    time. A known name is refused unless ``reissue``, which re-embeds the same codeword.
+    ``config`` and ``key_seed`` only matter when the run has no key yet.
+    """
+    validate_name(name)
+    spec = read_run_spec(run.model_path)
+    model, _ = load_model(run.model_path, expected=spec)
+    features, labels = load_features(run)
+    with _issue_lock(run):
+        key, created = ensure_key(run=run, spec=spec, config=config, seed=key_seed)
+        registry = Registry(run.registry_path)
+        known = registry.get(name)
+        if known is not None and not reissue:
+            raise RegistryError(
+                f"customer {name!r} already has a copy; pass --reissue to replace it"
+            )
+        index = registry.next_index() if known is None else known.index
+        codeword = codeword_for(key=key, index=index)
+        marked = embed(
+            model=model, spec=spec, key=key, codeword=codeword, features=features, labels=labels
+        )
+        path = run.copy_path(name)
+        temporary = path.with_name(f".{name}.pt.tmp")
+        try:
+            save_model(temporary, model=marked, spec=spec)
+            customer = registry.add(
+                name=name, codeword=codeword, copy_sha256=_sha256(temporary), reissue=reissue
+            )
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return IssuedCopy(customer=customer, path=path, key_created=created)
+
+
+def verify_file(*, run: RunFolder, suspect: Path) -> tuple[TraceReport, int]:
+    """Trace an untrusted model file against the run's registry; also return the customer count.
+
+    The suspect is loaded safely (weights only) and must match the run's architecture;
+    anything else raises ModelFileError.
+    """
+    spec = read_run_spec(run.model_path)
+    key = load_key(run.key_path)
+    model, _ = load_model(suspect, expected=spec)
+    names: list[str] = []
+    codewords = np.zeros((0, key.length), dtype=np.uint8)
+    if run.registry_path.exists():  # verifying must not create a registry
+        names, codewords = Registry(run.registry_path).codeword_matrix()
+    report = verify_model(model=model, key=key, names=names, codewords=codewords)
+    return report, len(names)

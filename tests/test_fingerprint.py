@@ -1,0 +1,326 @@
+"""Fingerprint keys, embedding, extraction, issuing and verification on the digits model."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import stat
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from securemark_mpc.config import ConfigError, TrainConfig
+from securemark_mpc.fingerprint.codes import CodeConfig, sample_biases
+from securemark_mpc.fingerprint.copies import issue_copy, load_features, verify_file
+from securemark_mpc.fingerprint.embed import EmbeddingError, embed, margins
+from securemark_mpc.fingerprint.extract import extract
+from securemark_mpc.fingerprint.key import (
+    EmbedConfig,
+    FingerprintConfig,
+    FingerprintKey,
+    codeword_for,
+    default_carrier,
+    keygen,
+    load_key,
+    projection_matrix,
+    save_key,
+)
+from securemark_mpc.fingerprint.verify import verify_model
+from securemark_mpc.plaintext import write_plaintext_run
+from securemark_mpc.registry import Registry, RegistryError
+from securemark_mpc.run_folder import RunFolder
+
+seeds = st.integers(min_value=0, max_value=2**64 - 1)
+quick = settings(max_examples=15, deadline=None)
+CUSTOMERS = ("alice", "bob", "carol", "dave")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Run this module's small tensor ops on one thread, then restore the setting.
+
+    With two threads on a 2-core machine, any other busy process makes every op wait
+    for a descheduled worker: plaintext training and embedding then run ~40x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = RunFolder(tmp_path_factory.mktemp("fingerprint") / "run")
+    result = write_plaintext_run(run, TrainConfig())
+    features, labels = load_features(run)
+    return SimpleNamespace(
+        run=run, model=result.model, spec=result.spec, features=features, labels=labels
+    )
+
+
+@pytest.fixture(scope="module")
+def key(trained):
+    return keygen(spec=trained.spec, config=FingerprintConfig(), seed=1)
+
+
+@pytest.fixture(scope="module")
+def issued(trained, tmp_path_factory):
+    """A copy of the trained run with four customers issued (key from a fixed seed)."""
+    root = tmp_path_factory.mktemp("issued") / "run"
+    root.mkdir()
+    for path in (trained.run.config_path, trained.run.model_path, trained.run.features_path):
+        (root / path.name).write_bytes(path.read_bytes())
+    run = RunFolder(root)
+    for name in CUSTOMERS:
+        issue_copy(run=run, name=name, key_seed=3)
+    return run
+
+
+def small_key(*, seed: int, length: int, shape: tuple[int, ...] = (8, 16)) -> FingerprintKey:
+    code = CodeConfig(length=length)
+    biases = sample_biases(config=code, rng=np.random.default_rng(seed))
+    return FingerprintKey(
+        projection_seed=seed,
+        codeword_seed=seed + 1,
+        carrier="0.weight",
+        carrier_shape=shape,
+        biases=tuple(biases.tolist()),
+        code=code,
+        embed=EmbedConfig(),
+    )
+
+
+def linear_with(weight: torch.Tensor) -> nn.Sequential:
+    model = nn.Sequential(nn.Linear(weight.shape[1], weight.shape[0]))
+    with torch.no_grad():
+        model[0].weight.copy_(weight)
+    return model
+
+
+# Keys ---------------------------------------------------------------------------------
+
+
+def test_default_carrier_is_the_largest_plaintext_weight(trained, key):
+    assert default_carrier(trained.spec) == "6.weight"
+    assert key.carrier == "6.weight" and key.carrier_shape == (64, 512)
+    assert key.length == 304 and len(key.biases) == 304
+
+
+def test_carrier_in_the_private_partition_is_refused(trained):
+    with pytest.raises(ConfigError, match="plaintext partition"):
+        keygen(spec=trained.spec, config=FingerprintConfig(carrier="0.weight"), seed=0)
+
+
+@quick
+@given(seed=seeds, length=st.sampled_from([16, 304, 1024]))
+def test_keygen_is_a_function_of_its_seed_and_round_trips_through_json(trained, seed, length):
+    config = FingerprintConfig(code=CodeConfig(length=length))
+    key = keygen(spec=trained.spec, config=config, seed=seed)
+    assert key == keygen(spec=trained.spec, config=config, seed=seed)
+    assert (
+        key.projection_seed
+        != keygen(spec=trained.spec, config=config, seed=seed + 1).projection_seed
+    )
+    assert len({key.projection_seed, key.codeword_seed}) == 2
+    assert FingerprintKey.from_json(json.loads(json.dumps(key.to_json()))) == key
+
+
+def test_saved_key_is_private_and_loads_back(tmp_path, key):
+    path = tmp_path / "key.json"
+    save_key(path, key)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_key(path) == key
+    path.write_text("{}")
+    with pytest.raises(ConfigError, match="not a valid fingerprint key"):
+        load_key(path)
+    with pytest.raises(ConfigError, match="no fingerprint key"):
+        load_key(tmp_path / "missing.json")
+
+
+@quick
+@given(seed=seeds, index=st.integers(min_value=0, max_value=10**6))
+def test_codewords_are_seeded_by_key_and_index(seed, index):
+    key = small_key(seed=seed, length=304)
+    bits = codeword_for(key=key, index=index)
+    assert bits.shape == (304,) and set(np.unique(bits)) <= {0, 1}
+    assert np.array_equal(bits, codeword_for(key=key, index=index))
+    assert not np.array_equal(bits, codeword_for(key=key, index=index + 1))
+
+
+# Projection and extraction ------------------------------------------------------------
+
+
+@quick
+@given(seed=seeds, length=st.integers(min_value=1, max_value=300))
+def test_projection_matrix_is_a_seeded_sign_matrix(seed, length):
+    key = small_key(seed=seed, length=length)
+    matrix = projection_matrix(key)
+    assert matrix.shape == (length, 128) and matrix.dtype == torch.float32
+    assert set(matrix.unique().tolist()) <= {-1.0, 1.0}
+    assert torch.equal(matrix, projection_matrix(key))
+    other = projection_matrix(dataclasses.replace(key, projection_seed=seed + 1))
+    assert not torch.equal(matrix, other)
+
+
+@quick
+@given(seed=seeds, scale=st.floats(min_value=1e-3, max_value=1e3))
+def test_extraction_ignores_positive_rescaling_and_flips_under_negation(seed, scale):
+    key = small_key(seed=seed, length=64)
+    weight = torch.from_numpy(np.random.default_rng(seed).standard_normal((8, 16))).float()
+    bits, z = extract(model=linear_with(weight), key=key)
+    scaled_bits, scaled_z = extract(model=linear_with(weight * scale), key=key)
+    assert np.array_equal(bits, scaled_bits) and np.allclose(z, scaled_z, atol=1e-4)
+    negated_bits, negated_z = extract(model=linear_with(-weight), key=key)
+    assert np.allclose(negated_z, -z, atol=1e-5)
+    assert np.array_equal(negated_bits[z != 0], 1 - bits[z != 0])
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=seeds)
+def test_an_independent_carrier_gives_standard_projections_and_fair_bits(seed):
+    key = small_key(seed=seed, length=2048, shape=(32, 64))
+    weight = torch.from_numpy(np.random.default_rng(seed + 7).standard_normal((32, 64))).float()
+    bits, z = extract(model=linear_with(weight), key=key)
+    assert abs(z.mean()) < 0.15 and 0.85 < z.std() < 1.15
+    assert abs(bits.mean() - 0.5) < 0.06
+
+
+def test_an_all_zero_carrier_extracts_zeros_not_nan():
+    bits, z = extract(model=linear_with(torch.zeros(8, 16)), key=small_key(seed=0, length=32))
+    assert np.all(z == 0) and np.all(bits == 0)
+
+
+# Embedding ----------------------------------------------------------------------------
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=seeds, kind=st.sampled_from(["tardos", "uniform"]))
+@example(seed=0, kind="zeros")
+@example(seed=0, kind="ones")
+def test_extract_of_embed_is_the_codeword(trained, key, seed, kind):
+    rng = np.random.default_rng(seed)
+    codeword = {
+        "tardos": lambda: codeword_for(key=key, index=seed % 1000),
+        "uniform": lambda: rng.integers(0, 2, key.length).astype(np.uint8),
+        "zeros": lambda: np.zeros(key.length, dtype=np.uint8),
+        "ones": lambda: np.ones(key.length, dtype=np.uint8),
+    }[kind]()
+    before = {name: t.clone() for name, t in trained.model.state_dict().items()}
+    marked = embed(
+        model=trained.model,
+        spec=trained.spec,
+        key=key,
+        codeword=codeword,
+        features=trained.features,
+        labels=trained.labels,
+    )
+    bits, z = extract(model=marked, key=key)
+    assert np.array_equal(bits, codeword)
+    signed = margins(z=torch.from_numpy(z), bits=torch.from_numpy(codeword).double())
+    assert signed.min() >= key.embed.margin
+    # The input is untouched; the copy differs from it in the carrier alone, so its
+    # private partition is the decrypted model's, and it carries no gradients.
+    assert marked is not trained.model
+    for name, tensor in trained.model.state_dict().items():
+        assert torch.equal(tensor, before[name])
+        assert torch.equal(marked.state_dict()[name], tensor) == (name != key.carrier)
+    assert all(p.grad is None for p in marked.parameters())
+
+
+def test_embedding_that_cannot_reach_the_margin_raises(trained, key):
+    hurried = dataclasses.replace(key, embed=EmbedConfig(max_steps=1))
+    with pytest.raises(EmbeddingError, match="below margin"):
+        embed(
+            model=trained.model,
+            spec=trained.spec,
+            key=hurried,
+            codeword=codeword_for(key=key, index=0),
+            features=trained.features,
+            labels=trained.labels,
+        )
+
+
+def test_embedding_rejects_a_codeword_of_the_wrong_length(trained, key):
+    with pytest.raises(ValueError, match="304 bits"):
+        embed(
+            model=trained.model,
+            spec=trained.spec,
+            key=key,
+            codeword=np.zeros(10, dtype=np.uint8),
+            features=trained.features,
+            labels=trained.labels,
+        )
+
+
+# Issuing and verifying ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CUSTOMERS)
+def test_each_copy_is_ours_and_accuses_exactly_its_customer(issued, name):
+    report, customers = verify_file(run=issued, suspect=issued.copy_path(name))
+    assert customers == len(CUSTOMERS)
+    assert report.ours and report.matching_bits == report.length
+    assert [a.customer for a in report.accused] == [name]
+    assert report.accused[0].p_value <= report.epsilon
+    assert max(s for n, s in report.scores.items() if n != name) < report.threshold
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_independent_models_are_not_ours(issued, tmp_path, seed):
+    other = RunFolder(tmp_path / "other")
+    write_plaintext_run(other, TrainConfig(seed=seed))
+    report, _ = verify_file(run=issued, suspect=other.model_path)
+    assert not report.ours and report.accused == []
+    assert report.ours_p_value > report.epsilon
+
+
+def test_the_unmarked_model_is_not_a_fingerprinted_copy(issued):
+    report, _ = verify_file(run=issued, suspect=issued.model_path)
+    assert not report.ours and report.accused == []
+
+
+def test_registry_records_customers_and_files_stay_private(issued):
+    registry = Registry(issued.registry_path)
+    key = load_key(issued.key_path)
+    for customer in registry.customers():
+        assert np.array_equal(customer.codeword, codeword_for(key=key, index=customer.index))
+        copy = issued.copy_path(customer.name)
+        assert hashlib.sha256(copy.read_bytes()).hexdigest() == customer.copy_sha256
+        # A copy holds the model and its architecture, nothing of the key.
+        payload = torch.load(copy, weights_only=True)
+        assert set(payload) == {"format", "spec", "state_dict"}
+        assert str(key.projection_seed) not in copy.read_bytes().decode("latin-1")
+    for path in (issued.key_path, issued.registry_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_issuing_a_known_name_needs_reissue_which_keeps_the_codeword(issued):
+    before = Registry(issued.registry_path).get("bob")
+    with pytest.raises(RegistryError, match="--reissue"):
+        issue_copy(run=issued, name="bob")
+    after = issue_copy(run=issued, name="bob", reissue=True).customer
+    assert after.index == before.index
+    assert np.array_equal(after.codeword, before.codeword)
+    report, _ = verify_file(run=issued, suspect=issued.copy_path("bob"))
+    assert [a.customer for a in report.accused] == ["bob"]
+
+
+def test_a_key_with_other_settings_is_refused(issued):
+    longer = FingerprintConfig(code=CodeConfig(length=512))
+    with pytest.raises(ConfigError, match="other settings"):
+        issue_copy(run=issued, name="zoe", config=longer)
+    assert Registry(issued.registry_path).get("zoe") is None
+    assert not issued.copy_path("zoe").exists()
+
+
+def test_with_nobody_registered_nothing_is_traced(trained, key):
+    report = verify_model(
+        model=trained.model, key=key, names=[], codewords=np.zeros((0, 0), dtype=np.uint8)
+    )
+    assert not report.ours and report.accused == []
