@@ -13,9 +13,8 @@ from securemark_mpc.cli import main
 from securemark_mpc.run_folder import RunFolder
 from tests.conftest import SMALL, assert_matches_plaintext, assert_ok, launch
 
-pytestmark = pytest.mark.mpc
 
-
+@pytest.mark.mpc
 def test_two_data_owners_train_digits_to_90_percent(tmp_path, capsys):
     out = tmp_path / "run"
     status = main(
@@ -42,6 +41,7 @@ def test_two_data_owners_train_digits_to_90_percent(tmp_path, capsys):
     assert reported["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
 
 
+@pytest.mark.mpc
 def test_resume_after_a_crash_finishes_like_an_uninterrupted_run(tmp_path):
     config = replace(SMALL, epochs=2)
     run = RunFolder(tmp_path / "run")
@@ -67,6 +67,7 @@ def test_resume_after_a_crash_finishes_like_an_uninterrupted_run(tmp_path):
     assert_matches_plaintext(run.model_path, config)  # lost momentum or shares would show here
 
 
+@pytest.mark.mpc
 def test_tfp_runs_only_with_insecure_and_warns(tmp_path):
     run = RunFolder(tmp_path / "run")
     config = replace(SMALL, provider="tfp", insecure=True)
@@ -74,3 +75,10 @@ def test_tfp_runs_only_with_insecure_and_warns(tmp_path):
     assert_ok(result)
     assert len(result.outcomes) == 3, "TFP has no dealer process"
     assert "INSECURE" in result.outcomes[0].log.read_text()
+
+
+def test_config_only_prepares_a_multi_host_run_without_training(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--config-only", "--data-owners", "3", "--out", str(out)]) == 0
+    assert RunFolder(out).load_config().data_owners == 3
+    assert not (out / "model.pt").exists() and not (out / "logs").exists()

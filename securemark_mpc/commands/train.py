@@ -83,6 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", type=Path, metavar="RUN", help="continue RUN from its last checkpoint"
     )
+    parser.add_argument(
+        "--config-only",
+        action="store_true",
+        help="only write RUN/config.json, for parties on several hosts",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
