@@ -8,7 +8,6 @@ given the architecture they should match.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +99,6 @@ def load_model(path: Path, *, expected: ModelSpec | None = None) -> tuple[nn.Seq
             raise ModelFileError(f"{path}: tensor {name!r} holds NaN or infinite values")
     model.load_state_dict({name: tensor.float() for name, tensor in state.items()})
     return model, spec
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in model.parameters())
 
 
 def read_run_spec(path: Path) -> ModelSpec:

@@ -171,13 +171,15 @@ class SplitTrainer:
         )
         shard_sizes, test_size = self._handshake(saved["epoch"] if saved else 0)
         images, labels = self._share_training_data(shard_sizes)
-        test_images = _share_from(
-            crypten,
-            rank=self.rank,
-            src=MODEL_OWNER,
-            value=self.test.images if self.test is not None else None,
-            shape=(test_size, *self.spec.input_shape),
-        )
+        test_images = None  # the owner's own test images, shared once for per-epoch MPC evaluation
+        if config.eval_each_epoch:
+            test_images = _share_from(
+                crypten,
+                rank=self.rank,
+                src=MODEL_OWNER,
+                value=self.test.images if self.test is not None else None,
+                shape=(test_size, *self.spec.input_shape),
+            )
         model = build_model(self.spec, seed=config.seed)  # only the owner's values are used
         private = encrypt_layers(crypten, private_part(model, self.spec), src=MODEL_OWNER)
         private_optimizer = crypten.optim.SGD(
