@@ -45,19 +45,13 @@ def accuracy(model: nn.Module, data: LabeledImages) -> float:
         return float((model(data.images).argmax(dim=1) == data.labels).float().mean())
 
 
-def train_plaintext(
-    config: TrainConfig, *, splits: DatasetSplits | None = None, steps: int | None = None
-) -> PlaintextResult:
-    """Train the split model in plaintext; `steps` stops early after that many batches."""
-    splits = splits or load_splits(config.data)
-    spec = config.model_spec(splits)
-    model = build_model(spec, seed=config.seed)
+def fit(model: nn.Module, train: LabeledImages, config: TrainConfig) -> list[float]:
+    """The training loop MPC runs, in plaintext: the same batch order, learning-rate
+    schedule, loss and optimiser. Returns each epoch's wall time."""
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.learning_rate, momentum=config.momentum
     )
-    train = training_order(config, splits)
-    result = PlaintextResult(model=model, spec=spec, test_accuracy=0.0)
-    taken = 0
+    epoch_seconds = []
     for epoch in range(config.epochs):
         began = time.perf_counter()
         for group in optimizer.param_groups:
@@ -66,8 +60,6 @@ def train_plaintext(
         for indices in batch_order(seed=config.seed, epoch=epoch, size=len(train)).split(
             config.batch_size
         ):
-            if steps is not None and taken >= steps:
-                break
             loss = nn.functional.cross_entropy(
                 model(train.images[indices]),
                 train.labels[indices],
@@ -76,10 +68,22 @@ def train_plaintext(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            taken += 1
-        result.epoch_seconds.append(time.perf_counter() - began)
-    result.test_accuracy = accuracy(model, splits.test)
-    return result
+        epoch_seconds.append(time.perf_counter() - began)
+    return epoch_seconds
+
+
+def train_plaintext(config: TrainConfig, *, splits: DatasetSplits | None = None) -> PlaintextResult:
+    """Train the split model in plaintext, exactly as the MPC protocol would."""
+    splits = splits or load_splits(config.data)
+    spec = config.model_spec(splits)
+    model = build_model(spec, seed=config.seed)
+    epoch_seconds = fit(model, training_order(config, splits), config)
+    return PlaintextResult(
+        model=model,
+        spec=spec,
+        test_accuracy=accuracy(model, splits.test),
+        epoch_seconds=epoch_seconds,
+    )
 
 
 def write_plaintext_run(run: RunFolder, config: TrainConfig) -> PlaintextResult:

@@ -22,8 +22,7 @@ from torch import nn
 from securemark_mpc.config import TrainConfig
 from securemark_mpc.data import DatasetSplits, LabeledImages
 from securemark_mpc.models import ModelSpec, build_model
-from securemark_mpc.mpc.protocol import batch_order
-from securemark_mpc.plaintext import accuracy, training_order
+from securemark_mpc.plaintext import accuracy, fit, training_order
 
 
 class RevealNoise(nn.Module):
@@ -71,25 +70,8 @@ def train_twin(
     sigma = config.reveal_noise_sigma
     generator = torch.Generator().manual_seed(noise_seed)
     model = nn.Sequential(private, RevealNoise(sigma=sigma, generator=generator), public)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.learning_rate, momentum=config.momentum
-    )
     train = training_order(config, splits)
-    for epoch in range(config.epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate_at(epoch)
-        model.train()
-        for indices in batch_order(seed=config.seed, epoch=epoch, size=len(train)).split(
-            config.batch_size
-        ):
-            loss = nn.functional.cross_entropy(
-                model(train.images[indices]),
-                train.labels[indices],
-                label_smoothing=config.label_smoothing,
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    fit(model, train, config)
     with torch.no_grad():
         clean = private(train.images)
     features = clean + sigma * torch.randn(clean.shape, generator=generator)
