@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from securemark_mpc.config import TrainConfig
 from securemark_mpc.data import DataConfig
@@ -32,6 +33,19 @@ def launch(run: RunFolder, config: TrainConfig, **options) -> LaunchResult:
 
 def assert_ok(result: LaunchResult) -> None:
     assert result.ok, result.report()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's small tensor ops on one thread, then restore the setting.
+
+    With two threads on a 2-core machine, any other busy process makes every op wait
+    for a descheduled worker: plaintext training and embedding then run ~40x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

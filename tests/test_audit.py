@@ -25,13 +25,7 @@ SMALL = TrainConfig(data=DataConfig(max_images=400), epochs=2, eval_each_epoch=F
 QUICK_AUDIT = AuditConfig(images=24)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The audit's tensors are tiny: extra threads only contend with the other tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

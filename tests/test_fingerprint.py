@@ -41,17 +41,7 @@ quick = settings(max_examples=15, deadline=None)
 CUSTOMERS = ("alice", "bob", "carol", "dave")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run this module's small tensor ops on one thread, then restore the setting.
-
-    With two threads on a 2-core machine, any other busy process makes every op wait
-    for a descheduled worker: plaintext training and embedding then run ~40x slower.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

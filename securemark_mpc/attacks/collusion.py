@@ -7,6 +7,15 @@ import torch
 from securemark_mpc.attacks.base import Attack, register
 
 
+def _merge_tensors(models, combine):  # type: ignore[no-untyped-def]
+    """The first model, each tensor replaced by combine(the colluders' tensors stacked)."""
+    result = models[0]
+    with torch.no_grad():
+        for name, param in result.state_dict().items():
+            param.copy_(combine(torch.stack([model.state_dict()[name] for model in models])))
+    return result
+
+
 @register
 class ColludeAverage(Attack):
     """Average the colluders' weights (the classic averaging attack on fingerprints,
@@ -18,11 +27,7 @@ class ColludeAverage(Attack):
     colluders = True
 
     def _apply(self, models, context):
-        result = models[0]
-        with torch.no_grad():
-            for name, param in result.state_dict().items():
-                param.copy_(torch.stack([m.state_dict()[name] for m in models]).mean(0))
-        return result
+        return _merge_tensors(models, lambda stacked: stacked.mean(0))
 
 
 @register
@@ -35,13 +40,11 @@ class ColludeMix(Attack):
     colluders = True
 
     def _apply(self, models, context):
-        result = models[0]
-        with torch.no_grad():
-            for name, param in result.state_dict().items():
-                stacked = torch.stack([m.state_dict()[name] for m in models])
-                choice = torch.randint(len(models), param.shape)
-                param.copy_(stacked.gather(0, choice.unsqueeze(0)).squeeze(0))
-        return result
+        def pick_per_scalar(stacked):
+            choice = torch.randint(len(models), stacked.shape[1:])
+            return stacked.gather(0, choice.unsqueeze(0)).squeeze(0)
+
+        return _merge_tensors(models, pick_per_scalar)
 
 
 @register
