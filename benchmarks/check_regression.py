@@ -5,9 +5,10 @@
 
 Absolute times on these shared 2-core machines vary by 2x between runs, so only
 ratios measured within one run are compared (Opacus' check_threshold habit):
-split-MPC / plaintext epoch time must not grow, full-MPC / split-MPC must not shrink,
-and the accuracy gap between plaintext and split MPC must not widen, each beyond a
-tolerance.
+split-MPC / plaintext epoch time (the default partition and the deep one) must not
+grow, full-MPC / split-MPC must not shrink, and the accuracy gap between plaintext and
+split MPC must not widen, each beyond a tolerance. A ratio that the baseline does not
+have yet is reported and skipped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ BASELINE = Path(__file__).resolve().parent / "results" / "baseline.json"
 # ratio name -> (direction that is worse, allowed relative or absolute slack)
 CHECKS = {
     "split_over_plaintext": ("higher", 0.5),  # may grow by 50% before it counts as a regression
+    "deep_over_plaintext": ("higher", 0.5),
     "full_over_split": ("lower", 0.5),
     "accuracy_gap_pp": ("higher_absolute", 1.0),  # may widen by 1 percentage point
 }
@@ -34,6 +36,9 @@ def regressions(fresh: dict, baseline: dict) -> list[str]:
         if reference is None:
             continue
         for name, (worse, slack) in CHECKS.items():
+            if name not in entry["ratios"] or name not in reference["ratios"]:
+                print(f"{dataset:12s} {name:22s} not in both files: skipped")
+                continue
             now, before = entry["ratios"][name], reference["ratios"][name]
             limit = {
                 "higher": before * (1 + slack),

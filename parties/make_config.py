@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""Write RUN/config.json for a multi-host run without starting any party.
+"""Write what every party of a multi-host run needs, without starting any party.
 
-Takes the same options as `securemark train` (e.g. --dataset, --data-owners, --epochs,
---out RUN); copy the RUN folder to every host, then start each with run_party.py.
+    python parties/make_config.py --dataset imagefolder --data-owners 2 --epochs 10 --out RUN
+
+Takes the same options as `securemark train`. Writes RUN/config.json (the settings
+every party must share) and RUN/run.secret (mode 0600: the secret each party proves
+it knows before any share flows). Copy both to every host out of band (e.g.
+`scp -p`), then start each party there with run_party.py, each with its own data.
 """
 
 import sys

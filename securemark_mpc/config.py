@@ -21,10 +21,21 @@ from securemark_mpc.models import ModelSpec, make_spec
 PROVIDERS = ("ttp", "tfp")
 ENGINES = ("split", "full")
 
-# Learning-rate multipliers by epoch: name -> f(epoch, epochs).
+WARMUP_EPOCHS = 3
+
+
+def _cosine(epoch: int, epochs: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+
+
+# Learning-rate multipliers by epoch: name -> f(epoch, epochs). The warm-up keeps the
+# polynomial (quad) activations of the private partition from blowing up early on.
 SCHEDULES: dict[str, Callable[[int, int], float]] = {
     "constant": lambda epoch, epochs: 1.0,
-    "cosine": lambda epoch, epochs: 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1))),
+    "cosine": _cosine,
+    "warmup-cosine": lambda epoch, epochs: (
+        min(1.0, (epoch + 1) / WARMUP_EPOCHS) * _cosine(epoch, epochs)
+    ),
 }
 
 
@@ -44,10 +55,10 @@ class TrainConfig:
     private_channels: int | None = None  # width of the first private conv (privacy knob)
     private_pool: int | None = None  # size of the first private pooling (privacy knob)
     reveal_noise_sigma: float = 0.0  # Gaussian noise added under MPC before the reveal
-    epochs: int = 10
-    batch_size: int = 32
+    epochs: int = 20  # with batch 64: digits seeds 0-4 all >= 0.977 in plaintext (15: one 0.969)
+    batch_size: int = 64  # half the MPC rounds per epoch of batch 32
     learning_rate: float = 0.1
-    lr_schedule: str = "cosine"
+    lr_schedule: str = "warmup-cosine"  # the quad activations need the warm-up (see SCHEDULES)
     momentum: float = 0.9
     label_smoothing: float = 0.1  # the owner's plaintext loss; +0.9 pp mean test accuracy on digits
     seed: int = 0

@@ -1,6 +1,7 @@
 """The run folder: where a training run and everything derived from it live.
 
 RUN/config.json     resolved TrainConfig and the command line (minGPT habit)
+RUN/run.secret      the secret every party proves it knows before joining (mode 0600)
 RUN/model.pt        the decrypted model (plain PyTorch)
 RUN/metrics.json    test accuracy, time, communication, per-epoch history
 RUN/features.pt     the training set's cut-layer features, cached by the owner
@@ -37,6 +38,10 @@ class RunFolder:
     @property
     def config_path(self) -> Path:
         return self.root / "config.json"
+
+    @property
+    def secret_path(self) -> Path:
+        return self.root / "run.secret"
 
     @property
     def key_path(self) -> Path:

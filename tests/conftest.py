@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from securemark_mpc.config import TrainConfig
-from securemark_mpc.data import DataConfig
+from securemark_mpc.data import DataConfig, LabeledImages
 from securemark_mpc.models import build_model, load_model
 from securemark_mpc.mpc.launcher import LaunchResult, launch_local
 from securemark_mpc.plaintext import train_plaintext
@@ -29,6 +30,51 @@ def launch(run: RunFolder, config: TrainConfig, **options) -> LaunchResult:
     options.setdefault("time_limit", 300)
     options.setdefault("echo_owner", False)
     return launch_local(run=run, data_owners=config.data_owners, **options)
+
+
+def write_image_folder(
+    root: Path, images: LabeledImages, *, classes: list[str], first: int = 0
+) -> Path:
+    """Write `images` as 8-bit PNGs, one sub-folder per class (every class, even if empty),
+    numbered from `first` so that the folder reads back in this order."""
+    from PIL import Image
+
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for index, (image, label) in enumerate(zip(images.images, images.labels, strict=True)):
+        pixels = (image * 255).round().to(torch.uint8).squeeze(0).numpy()
+        Image.fromarray(pixels).save(root / classes[label] / f"{first + index:06d}.png")
+    return root
+
+
+# Runs one party with an audit hook that logs every file it opens or lists (argv[1]).
+_AUDITED_PARTY = """
+import os, runpy, sys
+log = open(sys.argv[1], "w", buffering=1)
+def hook(event, args):
+    if event in ("open", "os.listdir", "os.scandir") and isinstance(args[0], (str, bytes, os.PathLike)):
+        log.write(os.fsdecode(args[0]) + "\\n")
+sys.addaudithook(hook)
+sys.argv = ["party", *sys.argv[2:]]
+runpy.run_module("securemark_mpc.mpc.party", run_name="__main__")
+"""
+
+
+def audited(log_folder: Path):
+    """A `wrap_command` for launch(): each rank logs what it opens to log_folder/rankR.txt."""
+    log_folder.mkdir(parents=True, exist_ok=True)
+
+    def wrap(rank: int, command: list[str]) -> list[str]:
+        # command = [python, -m, securemark_mpc.mpc.party, --rank, ...]
+        return [command[0], "-c", _AUDITED_PARTY, str(log_folder / f"rank{rank}.txt"), *command[3:]]
+
+    return wrap
+
+
+def opened_under(log: Path, folder: Path) -> set[Path]:
+    """The paths under `folder` that a party opened or listed, from its audit log."""
+    paths = {Path(os.path.abspath(line)) for line in log.read_text().splitlines() if line}
+    return {path for path in paths if path.is_relative_to(folder)}
 
 
 def assert_ok(result: LaunchResult) -> None:
@@ -63,9 +109,11 @@ def mpc_small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunFolder, 
 
 
 # Fixed point keeps 16 fractional bits (resolution 1.5e-5). Over a few SGD steps with
-# momentum the rounding of products and truncations accumulates to a few 1e-4, about
-# 3% of what those steps moved each tensor.
-ABSOLUTE_TOLERANCE = 1e-3
+# momentum the rounding of products and truncations accumulates: a few 1e-4 per tensor
+# after one epoch of the deep quad partition (8 weight layers), up to 1.5e-3 after two
+# (the resume test), still a few percent of what those steps moved each tensor, which
+# the relative bound checks.
+ABSOLUTE_TOLERANCE = 2e-3
 RELATIVE_TO_UPDATE = 0.1
 
 

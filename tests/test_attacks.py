@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from securemark_mpc.attacks import ATTACKS, AttackContext, AttackError, parse_attack
+from securemark_mpc.attacks import (
+    ATTACKS,
+    AttackContext,
+    AttackError,
+    parse_attack,
+    parse_chain,
+    spec_of,
+)
 from securemark_mpc.attacks.base import weight_tensors
 from securemark_mpc.config import TrainConfig
 from securemark_mpc.data import load_splits
+from securemark_mpc.models import build_model
 from securemark_mpc.plaintext import train_plaintext
 
 # Cheap strengths so that every attack runs in about a second on digits.
@@ -19,7 +31,11 @@ QUICK = {
     "prune-finetune": 0.5,
     "distill": 1,
     "overwrite": 64,
+    "fine-prune": 0.5,
+    "dormant-project": 0.99,
+    "dormant-reinit": 0.99,
 }
+WIDENING = {"dummy"}  # adds units: the one attack that changes the layer widths
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +65,14 @@ def test_attack_returns_a_new_model_and_leaves_its_inputs_alone(trained, name):
     for m, saved in zip(inputs, before, strict=True):
         for key, tensor in m.state_dict().items():
             assert torch.equal(tensor, saved[key]), f"{name} changed its input's {key}"
-    assert {k: v.shape for k, v in attacked.state_dict().items()} == {
-        k: v.shape for k, v in model.state_dict().items()
-    }
+    if name not in WIDENING:
+        assert {k: v.shape for k, v in attacked.state_dict().items()} == {
+            k: v.shape for k, v in model.state_dict().items()
+        }
     assert any(
-        not torch.equal(attacked.state_dict()[k], model.state_dict()[k]) for k in model.state_dict()
+        attacked.state_dict()[k].shape != tensor.shape
+        or not torch.equal(attacked.state_dict()[k], tensor)
+        for k, tensor in model.state_dict().items()
     )
 
 
@@ -99,3 +118,60 @@ def test_single_model_attacks_refuse_several_models(trained):
     model, context = trained
     with pytest.raises(AttackError):
         parse_attack("prune:0.5")([model, model], context)
+
+
+@pytest.mark.parametrize("text", ["permute:1", "permute:0.3", "rescale:3", "dummy:0.5", "dummy:1"])
+def test_obfuscation_changes_the_layout_but_not_the_function(trained, text):
+    model, context = trained
+    obfuscated = parse_attack(text)([model], context)
+    images = context.aux.images
+    with torch.no_grad():
+        assert torch.allclose(obfuscated(images), model(images), rtol=1e-4, atol=1e-4)
+    widened = spec_of(obfuscated, context.spec)
+    assert build_model(widened, seed=0).load_state_dict(obfuscated.state_dict())
+    if text.startswith("dummy"):
+        ratio = float(text.partition(":")[2])
+        assert widened.cut_shape[0] == round((1 + ratio) * context.spec.cut_shape[0])
+
+
+def test_a_chain_runs_its_attacks_in_order(trained):
+    model, context = trained
+    chain = parse_chain("prune:0.5, quantize:2")
+    assert [attack.name for attack in chain.attacks] == ["prune", "quantize"]
+    assert chain.name == "prune:0.5,quantize:2"
+    by_hand = parse_attack("quantize:2")([parse_attack("prune:0.5")([model], context)], context)
+    chained = chain([model], context)
+    for key, tensor in by_hand.state_dict().items():
+        assert torch.equal(chained.state_dict()[key], tensor), key
+
+
+@pytest.mark.parametrize("text", ["", "prune:0.5,", "prune:0.5,,noise", "prune,collude-mix"])
+def test_bad_chains_are_refused(text):
+    with pytest.raises(AttackError):
+        parse_chain(text)
+
+
+def test_attacks_never_import_the_key_registry_or_harness():
+    """Attacks are key-blind: importing and listing them loads no key-holding module."""
+    probe = (
+        "import sys, securemark_mpc.attacks as a; print(sorted(a.ATTACKS)); "
+        "print([m for m in ('securemark_mpc.fingerprint.key', 'securemark_mpc.fingerprint.copies', "
+        "'securemark_mpc.registry', 'securemark_mpc.robustness') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[-1] == "[]"
+    package = Path(__import__("securemark_mpc.attacks").attacks.__file__).parent
+    for source in package.glob("*.py"):
+        text = source.read_text()
+        for forbidden in ("load_key", "key_path", "securemark_mpc.registry", "fingerprint.copies"):
+            assert forbidden not in text, f"{source.name} mentions {forbidden}"
+
+
+def test_the_scoring_harness_lives_beside_attacks_not_inside():
+    package = Path(__import__("securemark_mpc.attacks").attacks.__file__).parent
+    assert not (package / "robustness.py").exists()
+    from securemark_mpc.robustness import sweep
+
+    assert callable(sweep)

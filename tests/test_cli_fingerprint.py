@@ -122,7 +122,7 @@ def test_an_independent_model_is_not_ours(run, stranger, capsys):
 def test_a_run_without_customers_traces_nobody(tmp_path, run, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    for name in ("model.pt", "fingerprint_key.json"):
+    for name in ("config.json", "model.pt", "fingerprint_key.json"):
         (empty / name).write_bytes((run.root / name).read_bytes())
     code, verdict = verify_json(RunFolder(empty), run.copy_path("alice"), capsys)
     assert code == 1 and verdict["accused"] == [] and verdict["customers"] == 0
@@ -249,3 +249,49 @@ def test_demo_tells_the_story_end_to_end(tmp_path, monkeypatch, capsys):
     assert (out_dir / "leaked.pt").is_file()
     code = main(["demo", "--out", str(out_dir)])
     assert_clean_error(code, capsys, command="demo", match="already holds a run")
+
+
+# Attack chains and function-preserving transformations ------------------------------
+
+
+def test_an_obfuscated_copy_made_by_the_attack_command_is_traced(run, tmp_path, capsys):
+    out = tmp_path / "obfuscated.pt"
+    chain = "permute:1,rescale:3,dummy:1"
+    args = ["attack", "--chain", chain, "--run", str(run.root), "--out", str(out)]
+    assert main([*args, "--model", str(run.copy_path("alice"))]) == 0
+    assert chain in capsys.readouterr().out
+    code, verdict = verify_json(run, out, capsys)
+    assert code == 0 and verdict["accused"] == ["alice"]
+    layers = verdict["alignment"]["layers"]
+    assert verdict["alignment"]["changed"]
+    assert all(layer["suspect_units"] == 2 * layer["units"] for layer in layers)
+    assert all(layer["folded"] + layer["dropped"] == layer["units"] for layer in layers)
+    assert sum(layer["permuted"] for layer in layers) > 0
+
+
+@pytest.mark.parametrize(
+    "chain",
+    ["", "prune:0.5,,quantize:4", "prune:lots", "melt:1", "prune:0.5,collude-average"],
+)
+def test_bad_chain_strings_exit_2(run, tmp_path, capsys, chain):
+    code = main(
+        [
+            "attack",
+            "--chain",
+            chain,
+            "--run",
+            str(run.root),
+            "--model",
+            str(run.copy_path("alice")),
+            "--out",
+            str(tmp_path / "x.pt"),
+        ]
+    )
+    assert_clean_error(code, capsys, command="attack", match="")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_an_attack_and_a_chain_together_exit_2(run, tmp_path, capsys):
+    args = ["attack", "prune:0.5", "--chain", "quantize:4", "--run", str(run.root)]
+    code = main([*args, "--model", str(run.copy_path("alice")), "--out", str(tmp_path / "x.pt")])
+    assert_clean_error(code, capsys, command="attack", match="either")

@@ -17,10 +17,15 @@ from securemark_mpc.data import (
     PARTITIONERS,
     DataConfig,
     DataError,
+    DataInfo,
     LabeledImages,
+    load_own_folder,
     load_splits,
     partition_shards,
+    simulated_party_data,
 )
+from securemark_mpc.data.party import folder_format
+from tests.conftest import write_image_folder
 
 MNIST_T10K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-t10k"
 
@@ -37,10 +42,11 @@ def numbered_source(monkeypatch: pytest.MonkeyPatch) -> int:
     """Register a source whose image i is filled with i / n, so splits reveal their indices."""
     n = 203
 
-    def load(*, data_root: str | None) -> tuple[LabeledImages, int]:
+    def load(*, data_root: str | None) -> tuple[LabeledImages, DataInfo]:
         images = (torch.arange(n, dtype=torch.float32) / n).reshape(n, 1, 1, 1).expand(n, 1, 2, 2)
         labels = torch.tensor([i % 7 if i % 3 else 0 for i in range(n)])  # uneven classes
-        return LabeledImages(images=images.contiguous(), labels=labels), 7
+        info = DataInfo(image_shape=(1, 2, 2), class_names=tuple("abcdefg"), normalisation="i/n")
+        return LabeledImages(images=images.contiguous(), labels=labels), info
 
     monkeypatch.setitem(DATASETS, "numbered", load)
     return n
@@ -55,11 +61,15 @@ def split_ids(config: DataConfig, n: int) -> dict[str, list[int]]:
 
 
 def test_digits_source_is_real_8x8_digits_in_unit_range():
-    pool, num_classes = DATASETS["digits"](data_root=None)
+    pool, info = DATASETS["digits"](data_root=None)
     assert pool.images.shape == (1797, 1, 8, 8)
     assert pool.images.dtype == torch.float32 and pool.labels.dtype == torch.int64
     assert pool.images.min() == 0 and pool.images.max() == 1
-    assert num_classes == 10 and sorted(pool.labels.unique().tolist()) == list(range(10))
+    assert (
+        info.num_classes == 10
+        and info.normalisation == "pixels / 16"
+        and sorted(pool.labels.unique().tolist()) == list(range(10))
+    )
 
 
 def test_digits_splits_have_expected_sizes_and_metadata():
@@ -99,8 +109,8 @@ def test_idx_source_reads_plain_and_gzipped_files(tmp_path, suffix):
     pixels = np.random.default_rng(0).integers(0, 256, size=(5, 4, 3), dtype=np.uint8)
     write_idx(tmp_path / f"tiny-images-idx3-ubyte{suffix}", pixels)
     write_idx(tmp_path / f"tiny-labels-idx1-ubyte{suffix}", np.array([0, 2, 1, 2, 0]))
-    pool, num_classes = DATASETS["idx"](data_root=str(tmp_path))
-    assert pool.images.shape == (5, 1, 4, 3) and num_classes == 3
+    pool, info = DATASETS["idx"](data_root=str(tmp_path))
+    assert pool.images.shape == (5, 1, 4, 3) and info.class_names == ("0", "1", "2")
     assert torch.allclose(pool.images[:, 0], torch.from_numpy(pixels / 255).float())
     assert pool.labels.tolist() == [0, 2, 1, 2, 0]
 
@@ -131,8 +141,8 @@ def test_idx_source_rejects_a_bad_magic_number(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not MNIST_T10K.is_dir(), reason=f"benchmark data not found at {MNIST_T10K}")
 def test_idx_source_reads_the_real_mnist_test_set():
-    pool, num_classes = DATASETS["idx"](data_root=str(MNIST_T10K))
-    assert pool.images.shape == (10_000, 1, 28, 28) and num_classes == 10
+    pool, info = DATASETS["idx"](data_root=str(MNIST_T10K))
+    assert pool.images.shape == (10_000, 1, 28, 28) and info.num_classes == 10
     assert torch.bincount(pool.labels).tolist() == [
         980,
         1135,
@@ -152,7 +162,7 @@ def test_unknown_dataset_lists_the_known_ones():
         load_splits(DataConfig(dataset="imagenet"))
 
 
-@pytest.mark.parametrize("dataset", ["idx", "mnist", "fashionmnist", "cifar10"])
+@pytest.mark.parametrize("dataset", ["idx", "imagefolder", "mnist", "fashionmnist", "cifar10"])
 def test_sources_outside_the_package_need_an_existing_data_root(dataset, tmp_path):
     with pytest.raises(DataError, match="data-root"):
         load_splits(DataConfig(dataset=dataset))
@@ -241,3 +251,71 @@ def test_bad_owner_counts_are_rejected(num_owners):
 def test_unknown_scheme_lists_the_known_ones():
     with pytest.raises(DataError, match="label-skew"):
         partition_shards(labels=torch.arange(10), num_owners=2, scheme="by-hospital")
+
+
+# -- each party's own folder ---------------------------------------------------------
+
+
+def test_image_folder_reads_classes_in_order_and_images_by_file_name(tmp_path):
+    digits = load_splits(DataConfig(max_images=60)).train
+    write_image_folder(tmp_path, digits, classes=[str(c) for c in range(10)])
+    (tmp_path / "unused-notes").mkdir()  # a class folder without images still counts
+    pool, info = DATASETS["imagefolder"](data_root=str(tmp_path))
+    assert pool.labels.tolist() == digits.labels.tolist()  # numbered files keep their order
+    assert torch.allclose(pool.images, digits.images, atol=0.5 / 255)
+    assert info.image_shape == (1, 8, 8) and info.normalisation == "pixels / 255"
+    assert info.class_names == (*[str(c) for c in range(10)], "unused-notes")
+
+
+def test_image_folder_reads_rgb_and_16_bit_images(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "rgb" / "cat").mkdir(parents=True)
+    Image.new("RGB", (5, 4), (255, 0, 51)).save(tmp_path / "rgb" / "cat" / "a.png")
+    pool, info = DATASETS["imagefolder"](data_root=str(tmp_path / "rgb"))
+    assert info.image_shape == (3, 4, 5) and pool.images[0, :, 0, 0].tolist() == pytest.approx(
+        [1, 0, 0.2]
+    )
+    (tmp_path / "deep" / "cat").mkdir(parents=True)
+    Image.fromarray(np.full((4, 5), 65535, dtype=np.uint16)).save(
+        tmp_path / "deep" / "cat" / "a.png"
+    )
+    pool, info = DATASETS["imagefolder"](data_root=str(tmp_path / "deep"))
+    assert info.normalisation == "pixels / 65535" and pool.images.max() == 1
+
+
+def test_image_folder_refuses_mixed_sizes_naming_the_file(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "dog").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "dog" / "a.png")
+    Image.new("L", (9, 8)).save(tmp_path / "dog" / "b.png")
+    with pytest.raises(DataError, match="b.png"):
+        DATASETS["imagefolder"](data_root=str(tmp_path))
+    with pytest.raises(DataError, match="ImageFolder layout"):
+        DATASETS["imagefolder"](data_root=str(tmp_path / "dog"))
+
+
+def test_a_party_folder_is_read_in_its_own_format(tmp_path):
+    (tmp_path / "idx").mkdir()
+    write_idx(tmp_path / "idx" / "mine-images-idx3-ubyte", np.zeros((3, 4, 4)))
+    write_idx(tmp_path / "idx" / "mine-labels-idx1-ubyte", np.array([0, 1, 1]))
+    assert folder_format(tmp_path / "idx", dataset="digits") == "idx"
+    assert folder_format(tmp_path, dataset="mnist") == "mnist"
+    assert folder_format(tmp_path, dataset="imagefolder") == "imagefolder"
+    assert len(load_own_folder(tmp_path / "idx", dataset="digits").images) == 3
+    with pytest.raises(DataError, match="not an existing folder"):
+        load_own_folder(tmp_path / "missing", dataset="digits")
+
+
+def test_simulated_parties_hold_the_test_set_or_their_own_shard():
+    config = DataConfig(max_images=200)
+    splits = load_splits(config)
+    owner = simulated_party_data(config, rank=0, num_owners=2, scheme="iid", seed=0)
+    shards = [
+        simulated_party_data(config, rank=rank, num_owners=2, scheme="iid", seed=0)
+        for rank in (1, 2)
+    ]
+    assert torch.equal(owner.images.images, splits.test.images)
+    assert sum(len(shard.images) for shard in shards) == len(splits.train)
+    assert all(shard.info == splits.info for shard in shards)

@@ -96,9 +96,13 @@ def linear_with(weight: torch.Tensor) -> nn.Sequential:
 # Keys ---------------------------------------------------------------------------------
 
 
-def test_default_carrier_is_the_largest_plaintext_weight(trained, key):
-    assert default_carrier(trained.spec) == "6.weight"
-    assert key.carrier == "6.weight" and key.carrier_shape == (64, 512)
+def test_default_carrier_is_the_largest_hidden_plaintext_linear_weight(trained, key):
+    public = list(trained.model.named_children())[trained.spec.split :]
+    linears = {f"{n}.weight": m.weight.numel() for n, m in public if isinstance(m, nn.Linear)}
+    hidden = dict(list(linears.items())[:-1])  # never the output layer when another exists
+    assert default_carrier(trained.spec) == max(hidden, key=hidden.get) == key.carrier
+    assert key.carrier_shape == tuple(trained.model.state_dict()[key.carrier].shape)
+    assert linears[key.carrier] >= 8 * key.length  # room for the code
     assert key.length == 304 and len(key.biases) == 304
 
 
@@ -160,11 +164,13 @@ def test_projection_matrix_is_a_seeded_sign_matrix(seed, length):
 
 @quick
 @given(seed=seeds, scale=st.floats(min_value=1e-3, max_value=1e3))
-def test_extraction_ignores_positive_rescaling_and_flips_under_negation(seed, scale):
+def test_extraction_ignores_positive_rescaling_of_units_and_flips_under_negation(seed, scale):
     key = small_key(seed=seed, length=64)
-    weight = torch.from_numpy(np.random.default_rng(seed).standard_normal((8, 16))).float()
+    rng = np.random.default_rng(seed)
+    weight = torch.from_numpy(rng.standard_normal((8, 16))).float()
     bits, z = extract(model=linear_with(weight), key=key)
-    scaled_bits, scaled_z = extract(model=linear_with(weight * scale), key=key)
+    per_unit = torch.from_numpy(scale ** rng.uniform(-1, 1, (8, 1))).float()  # one a > 0 a row
+    scaled_bits, scaled_z = extract(model=linear_with(weight * per_unit), key=key)
     assert np.array_equal(bits, scaled_bits) and np.allclose(z, scaled_z, atol=1e-4)
     negated_bits, negated_z = extract(model=linear_with(-weight), key=key)
     assert np.allclose(negated_z, -z, atol=1e-5)
@@ -214,12 +220,15 @@ def test_extract_of_embed_is_the_codeword(trained, key, seed, kind):
     assert np.array_equal(bits, codeword)
     signed = margins(z=torch.from_numpy(z), bits=torch.from_numpy(codeword).double())
     assert signed.min() >= key.embed.margin
-    # The input is untouched; the copy differs from it in the carrier alone, so its
-    # private partition is the decrypted model's, and it carries no gradients.
+    # The input is untouched; the copy differs from it in the plaintext head only, so
+    # its private partition is the decrypted model's, and it carries no gradients.
     assert marked is not trained.model
+    private = {f"{name}." for name, _ in list(trained.model.named_children())[: trained.spec.split]}
     for name, tensor in trained.model.state_dict().items():
         assert torch.equal(tensor, before[name])
-        assert torch.equal(marked.state_dict()[name], tensor) == (name != key.carrier)
+        if name.startswith(tuple(private)):
+            assert torch.equal(marked.state_dict()[name], tensor), name
+    assert not torch.equal(marked.state_dict()[key.carrier], before[key.carrier])
     assert all(p.grad is None for p in marked.parameters())
 
 

@@ -10,8 +10,17 @@ from dataclasses import replace
 import pytest
 
 from securemark_mpc.cli import main
+from securemark_mpc.data import DataConfig, simulated_party_data
 from securemark_mpc.run_folder import RunFolder
-from tests.conftest import SMALL, assert_matches_plaintext, assert_ok, launch
+from tests.conftest import (
+    SMALL,
+    assert_matches_plaintext,
+    assert_ok,
+    audited,
+    launch,
+    opened_under,
+    write_image_folder,
+)
 
 
 @pytest.mark.mpc
@@ -82,3 +91,46 @@ def test_config_only_prepares_a_multi_host_run_without_training(tmp_path):
     assert main(["train", "--config-only", "--data-owners", "3", "--out", str(out)]) == 0
     assert RunFolder(out).load_config().data_owners == 3
     assert not (out / "model.pt").exists() and not (out / "logs").exists()
+
+
+def write_party_folders(root, config, *, owners: int) -> list:
+    """One image folder per party, from the simulated split of `config`: rank 0's is the test set."""
+    classes = [str(label) for label in range(10)]
+    folders = []
+    for rank in range(owners + 1):
+        part = simulated_party_data(
+            config.data, rank=rank, num_owners=owners, scheme=config.partition, seed=config.seed
+        )
+        folders.append(write_image_folder(root / f"party{rank}", part.images, classes=classes))
+    return folders
+
+
+def own_data_arguments(folders) -> dict[int, list[str]]:
+    return {
+        rank: ["--test-data" if rank == 0 else "--data", str(folder)]
+        for rank, folder in enumerate(folders)
+    }
+
+
+@pytest.mark.mpc
+def test_each_party_trains_on_its_own_folder_and_opens_no_other(tmp_path):
+    folders = write_party_folders(tmp_path / "data", SMALL, owners=2)
+    config = replace(SMALL, data=DataConfig(dataset="imagefolder"))  # nothing to open centrally
+    run = RunFolder(tmp_path / "run")
+    opens = tmp_path / "opens"
+    result = launch(
+        run, config, party_args=own_data_arguments(folders), wrap_command=audited(opens)
+    )
+    assert_ok(result)
+    metrics = json.loads((run.root / "metrics.json").read_text())
+    sizes = [sum(1 for _ in folder.rglob("*.png")) for folder in folders]
+    assert (metrics["test_size"], metrics["train_size"]) == (sizes[0], sizes[1] + sizes[2])
+    for rank, folder in enumerate(folders):
+        touched = opened_under(opens / f"rank{rank}.txt", tmp_path / "data")
+        assert touched, f"rank {rank} read nothing of its own"
+        assert all(path.is_relative_to(folder) for path in touched), (
+            f"rank {rank} opened another party's data: {sorted(touched)[:3]}"
+        )
+    assert not opened_under(opens / "rank3.txt", tmp_path / "data"), "the dealer opened data"
+    owner_log = result.outcomes[0].log.read_text()  # clean logs: one record line per epoch
+    assert "\r" not in owner_log and owner_log.count('{"epoch": ') == config.epochs

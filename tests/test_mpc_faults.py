@@ -9,6 +9,8 @@ from dataclasses import replace
 import pytest
 
 from securemark_mpc.cli import main
+from securemark_mpc.data import DataInfo
+from securemark_mpc.mpc.session import ConfigMismatch, PartyAddress, exchange_handshake
 from securemark_mpc.run_folder import RunFolder
 from tests.conftest import SMALL, launch
 
@@ -80,3 +82,59 @@ def test_bad_training_arguments_exit_2_saying_why(tmp_path, capsys, arguments, m
     assert status == 2
     assert message.lower() in error.lower() and "Traceback" not in error
     assert not (tmp_path / "run").exists(), "nothing may be written for a refused run"
+
+
+class _Gathered:
+    """Stands in for CrypTen: all_gather returns the rows given, with this party's own."""
+
+    def __init__(self, rows: list | None = None) -> None:
+        self.rows = rows
+        self.communicator = self
+
+    def get(self):
+        return self
+
+    def all_gather(self, mine):
+        self.mine = mine
+        return [mine if row is None else row for row in self.rows or [None]]
+
+
+def _row(info: DataInfo):
+    fake = _Gathered()
+    exchange_handshake(
+        fake, PartyAddress(0, 3, "tcp://x:1"), digest="d", data_settings=info.settings(), values=[7]
+    )
+    return fake.mine
+
+
+@pytest.mark.parametrize(
+    ("change", "setting"),
+    [
+        ({"image_shape": (3, 8, 8)}, "image shape"),
+        ({"class_names": ("cat", "dog")}, "class names"),
+        ({"normalisation": "pixels / 65535"}, "normalisation"),
+    ],
+)
+def test_data_that_differs_stops_every_party_naming_who_and_what(change, setting):
+    owner = DataInfo(image_shape=(1, 8, 8), class_names=("0", "1"), normalisation="pixels / 255")
+    other = replace(owner, **change)
+    rows = [_row(owner), _row(owner), None]  # data owner 2 (this party) has other data
+    with pytest.raises(ConfigMismatch) as raised:
+        exchange_handshake(
+            _Gathered(rows),
+            PartyAddress(2, 3, "tcp://x:1"),
+            digest="d",
+            data_settings=other.settings(),
+            values=[7],
+        )
+    message = str(raised.value)
+    assert f"party 2 (data owner 2) differs in {setting}" in message
+    assert "party 1" not in message and other.settings()[setting] in message
+    agreed = exchange_handshake(
+        _Gathered([_row(owner), None]),
+        PartyAddress(1, 2, "tcp://x:1"),
+        digest="d",
+        data_settings=owner.settings(),
+        values=[7],
+    )
+    assert agreed == [[7], [7]]

@@ -19,8 +19,11 @@ def test_small_sweep_writes_report_and_plot(tmp_path, capsys):
             "--run",
             str(run.root),
             "--attacks",
-            "prune",
+            "quantize",
             "collude-average",
+            "permute",
+            "--chains",
+            "dummy:1,prune:0.2",
             "--trials",
             "1",
             "--collusion-trials",
@@ -31,10 +34,15 @@ def test_small_sweep_writes_report_and_plot(tmp_path, capsys):
     )
     assert status == 0, capsys.readouterr().err
     report = json.loads((run.root / "reports" / "robustness.json").read_text())
-    assert set(report["attacks"]) == {"prune", "collude-average"}
-    prune = report["attacks"]["prune"]
-    assert prune["strength_name"] == "sparsity"
-    for point in prune["points"] + report["attacks"]["collude-average"]["points"]:
+    assert set(report["attacks"]) == {
+        "quantize",
+        "collude-average",
+        "permute",
+        "chain dummy:1,prune:0.2",
+    }
+    quantize = report["attacks"]["quantize"]
+    assert quantize["strength_name"] == "bits"
+    for point in quantize["points"] + report["attacks"]["collude-average"]["points"]:
         assert {
             "strength",
             "test_accuracy",
@@ -44,9 +52,15 @@ def test_small_sweep_writes_report_and_plot(tmp_path, capsys):
             "framed_rate",
         } <= set(point)
         assert 0 <= point["ber"] <= 1 and 0 <= point["test_accuracy"] <= 1
-    mild = prune["points"][0]
+    mild = quantize["points"][0]  # 8 bits
     assert mild["ber"] == 0 and mild["traced_rate"] == 1 and mild["framed_rate"] == 0
     assert [p["strength"] for p in report["attacks"]["collude-average"]["points"]] == [2, 3]
+    # function-preserving transformations are undone before reading: nothing is lost
+    assert report["attacks"]["permute"]["points"][0]["ber"] == 0
+    assert report["attacks"]["chain dummy:1,prune:0.2"]["points"][0]["traced_rate"] == 1
+    targets = report["targets"]
+    assert targets["function_preserving_traced_rate"] == 1
+    assert targets["innocents_accused"] is False
     assert (run.root / "reports" / "robustness.png").stat().st_size > 10_000
     assert not (run.root / "registry.sqlite").exists(), (
         "simulated customers must not enter the registry"
@@ -58,3 +72,9 @@ def test_unknown_attack_exits_2(tmp_path, capsys):
     write_plaintext_run(run, TrainConfig(epochs=1))
     assert main(["robustness", "--run", str(run.root), "--attacks", "melt"]) == 2
     assert "melt" in capsys.readouterr().err
+
+
+def test_a_bad_chain_exits_2_before_any_work(tmp_path, capsys):
+    missing = tmp_path / "no-such-run"  # the chain is refused before the run is read
+    assert main(["robustness", "--run", str(missing), "--chains", "prune:0.5,,noise"]) == 2
+    assert "empty attack" in capsys.readouterr().err

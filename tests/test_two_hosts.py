@@ -1,19 +1,38 @@
-"""Slow: parties on two 'hosts' (network namespaces joined by a veth pair) train together."""
+"""Slow: parties on two 'hosts' (network namespaces joined by a veth pair) train together.
+
+Host A runs the model owner and the dealer, host B the data owners. In the second test
+each party brings its own image folder, written from the shards of one data set, and
+must reach the accuracy of the local run of the same split.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from dataclasses import replace
 
 import pytest
 
+from securemark_mpc.data import DATASETS, DataConfig
 from securemark_mpc.mpc.launcher import free_port
 from securemark_mpc.run_folder import RunFolder
-from tests.conftest import SMALL, assert_matches_plaintext, assert_ok, launch
+from tests.conftest import (
+    SMALL,
+    assert_matches_plaintext,
+    assert_ok,
+    audited,
+    launch,
+    opened_under,
+    write_image_folder,
+)
+from tests.test_mpc_end_to_end import own_data_arguments, write_party_folders
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpc]
 
 OWNER_ADDRESS, OTHER_ADDRESS = "10.231.7.1", "10.231.7.2"
+SAME_ACCURACY = 0.005  # the issue's target: within 0.5 pp of the local run
+LIMIT_SECONDS = 1800  # five epochs on digits, on a busy 2-core machine
 
 
 def _ip(*arguments: str) -> None:
@@ -46,9 +65,12 @@ def two_hosts():
         subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
 
 
-def test_parties_on_two_hosts_train_together(tmp_path, two_hosts):
-    def on_host(rank: int, command: list[str]) -> list[str]:
-        namespace, interface, _ = two_hosts["A" if rank in (0, 3) else "B"]
+def on_hosts(two_hosts, world_size: int, inner=None):
+    """A `wrap_command`: model owner and dealer on host A, the data owners on host B."""
+
+    def wrap(rank: int, command: list[str]) -> list[str]:
+        command = inner(rank, command) if inner is not None else command
+        namespace, interface, _ = two_hosts["A" if rank in (0, world_size) else "B"]
         return [
             "ip",
             "netns",
@@ -59,10 +81,53 @@ def test_parties_on_two_hosts_train_together(tmp_path, two_hosts):
             *command,
         ]
 
+    return wrap
+
+
+def test_parties_on_two_hosts_train_together(tmp_path, two_hosts):
     run = RunFolder(tmp_path / "run")
     result = launch(
-        run, SMALL, rendezvous=f"tcp://{OWNER_ADDRESS}:{free_port()}", wrap_command=on_host
+        run,
+        SMALL,
+        rendezvous=f"tcp://{OWNER_ADDRESS}:{free_port()}",
+        wrap_command=on_hosts(two_hosts, SMALL.data_owners + 1),
     )
     assert_ok(result)
     assert "not loopback" in result.outcomes[1].log.read_text()  # the unencrypted-transport warning
     assert_matches_plaintext(run.model_path, SMALL)
+
+
+@pytest.mark.timeout(2 * LIMIT_SECONDS + 300)
+def test_own_folders_on_two_hosts_match_the_local_run(tmp_path, two_hosts):
+    pool, info = DATASETS["digits"](data_root=None)
+    pool_folder = write_image_folder(tmp_path / "pool", pool, classes=list(info.class_names))
+    config = replace(
+        SMALL, data=DataConfig(dataset="imagefolder", data_root=str(pool_folder)), epochs=5
+    )
+    local = RunFolder(tmp_path / "local")  # securemark train's way: shards of one data set
+    assert_ok(launch(local, config, time_limit=LIMIT_SECONDS))
+
+    folders = write_party_folders(tmp_path / "parties", config, owners=config.data_owners)
+    hosts = RunFolder(tmp_path / "hosts")
+    opens = tmp_path / "opens"
+    result = launch(
+        hosts,
+        config,
+        rendezvous=f"tcp://{OWNER_ADDRESS}:{free_port()}",
+        party_args=own_data_arguments(folders),
+        wrap_command=on_hosts(two_hosts, config.data_owners + 1, inner=audited(opens)),
+        time_limit=LIMIT_SECONDS,
+    )
+    assert_ok(result)
+    for rank, folder in enumerate(folders):
+        log = opens / f"rank{rank}.txt"
+        touched = opened_under(log, tmp_path / "parties")
+        assert touched and all(path.is_relative_to(folder) for path in touched), rank
+        assert not opened_under(log, pool_folder), f"rank {rank} opened the shared pool"
+
+    local_accuracy = json.loads((local.root / "metrics.json").read_text())["test_accuracy"]
+    hosts_accuracy = json.loads((hosts.root / "metrics.json").read_text())["test_accuracy"]
+    print(
+        f"test accuracy: local {local_accuracy:.4f}, own folders on two hosts {hosts_accuracy:.4f}"
+    )
+    assert abs(hosts_accuracy - local_accuracy) <= SAME_ACCURACY

@@ -9,6 +9,7 @@ training data.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -41,6 +42,7 @@ class Attack(ABC):
     default_strength: ClassVar[float]
     sweep: ClassVar[tuple[float, ...]]  # strengths the robustness report tries
     colluders: ClassVar[bool] = False  # takes several models
+    trains: ClassVar[bool] = False  # trains on the attacker's (auxiliary) split
     strength_range: ClassVar[tuple[float, float]] = (0.0, float("inf"))
 
     def __init__(self, strength: float | None = None) -> None:
@@ -82,6 +84,48 @@ def parse_attack(text: str) -> Attack:
     except ValueError:
         raise AttackError(f"{name}: strength {strength!r} is not a number") from None
     return ATTACKS[name](value)
+
+
+class Chain:
+    """Attacks run in order, each on the previous one's output: `prune:0.5,finetune-all:5`.
+
+    Only the first may be a collusion attack (it is the one that receives the models).
+    """
+
+    def __init__(self, attacks: list[Attack]) -> None:
+        if not attacks:
+            raise AttackError("an attack chain needs at least one attack")
+        if any(attack.colluders for attack in attacks[1:]):
+            raise AttackError("only the first attack of a chain can take several models")
+        self.attacks = attacks
+        self.colluders = attacks[0].colluders
+
+    @property
+    def name(self) -> str:
+        return ",".join(f"{attack.name}:{attack.strength:g}" for attack in self.attacks)
+
+    def __call__(self, models: list[nn.Sequential], context: AttackContext) -> nn.Sequential:
+        model = self.attacks[0](models, context)
+        for attack in self.attacks[1:]:
+            model = attack([model], dataclasses.replace(context, spec=spec_of(model, context.spec)))
+        return model
+
+
+def parse_chain(text: str) -> Chain:
+    """`A[:S],B[:S],...`, each part as for :func:`parse_attack`."""
+    parts = text.split(",")
+    if any(not part.strip() for part in parts):
+        raise AttackError(f"empty attack in chain {text!r}")
+    return Chain([parse_attack(part.strip()) for part in parts])
+
+
+def spec_of(model: nn.Sequential, spec: ModelSpec) -> ModelSpec:
+    """``spec`` with each layer's width read from ``model`` (dummy units widen layers)."""
+    layers = []
+    for layer, module in zip(spec.layers, model, strict=True):
+        width = getattr(module, "out_channels", getattr(module, "out_features", None))
+        layers.append({**layer, "out": width} if "out" in layer and width else dict(layer))
+    return dataclasses.replace(spec, layers=tuple(layers))
 
 
 def train_on_aux(

@@ -25,6 +25,7 @@ FINETUNE_LR = 1e-3
 class FinetuneLast(Attack):
     """Fine-tune the last layer only (FTLL, Adi et al. 2018)."""
 
+    trains = True
     name, strength_name, default_strength = "finetune-last", "epochs", 10
     sweep = (1, 5, 10, 20)
 
@@ -44,6 +45,7 @@ class FinetuneLast(Attack):
 class FinetuneAll(Attack):
     """Fine-tune every layer (FTAL, Adi et al. 2018)."""
 
+    trains = True
     name, strength_name, default_strength = "finetune-all", "epochs", 10
     sweep = (1, 5, 10, 20)
 
@@ -64,6 +66,7 @@ class RetrainLast(Attack):
     """Re-initialise the last layer, then train it (RTLL, Adi et al. 2018); lr 1e-2 as
     a fresh layer needs larger steps than fine-tuning."""
 
+    trains = True
     name, strength_name, default_strength = "retrain-last", "epochs", 10
     sweep = (1, 5, 10, 20)
 
@@ -130,6 +133,7 @@ class PruneFinetune(Attack):
     """Prune, then fine-tune all layers for 5 epochs keeping pruned weights at zero
     (Han et al. 2015's prune-retrain; Liu et al. 2018 "Fine-Pruning")."""
 
+    trains = True
     name, strength_name, default_strength = "prune-finetune", "sparsity", 0.5
     sweep = (0.2, 0.5, 0.65, 0.8, 0.9)
     strength_range = (0.0, 0.95)
@@ -195,6 +199,7 @@ class Overwrite(Attack):
     Strength: the attacker's code length in bits. The attacker picks a random Linear
     weight with at least 16 weights per bit (else the largest), so that its mark fits."""
 
+    trains = True
     name, strength_name, default_strength = "overwrite", "bits", 304
     sweep = (304, 1024)
     strength_range = (1, 4096)
@@ -202,7 +207,12 @@ class Overwrite(Attack):
     def _apply(self, models, context):
         from securemark_mpc.fingerprint.codes import CodeConfig
         from securemark_mpc.fingerprint.embed import embed
-        from securemark_mpc.fingerprint.key import FingerprintConfig, codeword_for, keygen
+        from securemark_mpc.fingerprint.key import (
+            EmbedConfig,
+            FingerprintConfig,
+            codeword_for,
+            keygen,
+        )
 
         model = models[0]
         rng = np.random.default_rng(context.seed)
@@ -218,7 +228,10 @@ class Overwrite(Attack):
             max(linear, key=linear.get)
         ]
         carrier = roomy[int(rng.integers(len(roomy)))]
-        config = FingerprintConfig(code=CodeConfig(length=bits), carrier=carrier)
+        # the attacker writes anywhere in its carrier, not only where the data lives
+        config = FingerprintConfig(
+            code=CodeConfig(length=bits), carrier=carrier, embed=EmbedConfig(excited_energy=1.0)
+        )
         key = keygen(spec=context.spec, config=config, seed=int(rng.integers(2**62)))
         with torch.no_grad():
             features = private_part(model, context.spec)(context.aux.images)
@@ -237,6 +250,7 @@ class Distill(Attack):
     """Train a fresh model of the same architecture on the copy's soft labels over the
     attacker's data (Hinton et al. 2015, temperature 4; lr 0.05 for a model from scratch)."""
 
+    trains = True
     name, strength_name, default_strength = "distill", "epochs", 30
     sweep = (10, 30)
     temperature = 4.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -42,68 +43,95 @@ def plot_reconstructions(
     return path
 
 
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One setting on the frontier: its strongest attacker, its accuracy and MPC cost."""
+
+    label: str
+    ssim: float
+    accuracy: float
+    cost: float  # private nonlinear elements per sample
+    role: str  # "setting", "default", "noise-only" or "full-mpc"
+
+
+ROLE_STYLE = {
+    "default": {"marker": "*", "color": "tab:red", "s": 160},
+    "full-mpc": {"marker": "X", "color": "black", "s": 90},
+}
+FLOOR_COLOURS = ("tab:green", "tab:purple")
+
+
 def plot_privacy_utility(
     *,
     path: Path,
-    points: Sequence[tuple[str, float, float]],
-    baseline: Sequence[tuple[str, float, float]],
-    floor: float | None,
+    points: Sequence[FrontierPoint],
+    floors: dict[str, float | None],
     dataset: str,
 ) -> Path:
-    """Test accuracy against the strongest attacker's SSIM, one point per setting.
+    """Accuracy (left) and MPC cost (right) against the strongest attacker's SSIM.
 
-    `points` and `baseline` are (label, attacker SSIM, accuracy); the noise-only
-    baseline is drawn as its own curve. `floor`, when known, is the labels-only SSIM,
-    which no accurate model can go below.
+    The noise-only baseline (raw images + noise) is drawn as a dashed curve, the
+    default as a red star, full MPC (nothing revealed during training) as a black
+    cross; `floors` are vertical lines, e.g. the labels-only floor, which no
+    label-revealing protocol can go below.
     """
-    figure, axis = plt.subplots(figsize=(7.5, 5.0))
-    if baseline:
-        ordered = sorted(baseline, key=lambda point: point[1])
-        axis.plot(
-            [ssim for _, ssim, _ in ordered],
-            [accuracy for _, _, accuracy in ordered],
-            "s--",
-            color="tab:gray",
-            label="noise-only baseline (raw images + noise)",
-        )
-        for label, ssim, accuracy in ordered:
-            axis.annotate(
-                label,
-                (ssim, accuracy),
-                fontsize=7,
+    figure, axes = plt.subplots(1, 2, figsize=(13.0, 5.2))
+    baseline = sorted((p for p in points if p.role == "noise-only"), key=lambda p: p.ssim)
+    others = [p for p in points if p.role != "noise-only"]
+    for axis, value, name in (
+        (axes[0], lambda p: p.accuracy, "test accuracy"),
+        (axes[1], lambda p: max(p.cost, 1), "private nonlinear elements per sample (log)"),
+    ):
+        if baseline:
+            axis.plot(
+                [p.ssim for p in baseline],
+                [value(p) for p in baseline],
+                "s--",
                 color="tab:gray",
-                xytext=(3, -9),
-                textcoords="offset points",
+                label="noise-only baseline (raw images + noise)",
             )
-    for index, (label, ssim, accuracy) in enumerate(points):
-        # Settings often share an accuracy (the split alone does not change training),
-        # so each gets its own marker in the legend instead of a text label.
-        axis.scatter(
-            [ssim],
-            [accuracy],
-            marker=MARKERS[index % len(MARKERS)],
-            color=COLOURS[index % len(COLOURS)],
-            s=50,
-            zorder=3,
-            label=label,
-        )
-    if floor is not None:
+            for point in baseline:
+                axis.annotate(
+                    point.label.removeprefix("noise-only "),
+                    (point.ssim, value(point)),
+                    fontsize=7,
+                    color="tab:gray",
+                    xytext=(3, -9),
+                    textcoords="offset points",
+                )
+        for index, point in enumerate(others):
+            style = ROLE_STYLE.get(
+                point.role,
+                {"marker": MARKERS[index % len(MARKERS)], "color": COLOURS[index % len(COLOURS)]},
+            )
+            axis.scatter(
+                [point.ssim],
+                [value(point)],
+                marker=style["marker"],
+                color=style["color"],
+                s=style.get("s", 50),
+                zorder=3,
+                label=point.label,
+            )
+        for (label, floor), colour in zip(floors.items(), FLOOR_COLOURS, strict=False):
+            if floor is not None:
+                axis.axvline(floor, color=colour, linestyle=":", label=f"{label} ({floor:.2f})")
         axis.axvline(
-            floor, color="tab:green", linestyle=":", label=f"labels-only floor ({floor:.2f})"
+            UNRECOGNISABLE_SSIM, color="tab:red", linestyle=":", label="unrecognisable (He et al.)"
         )
-    axis.axvline(
-        UNRECOGNISABLE_SSIM, color="tab:red", linestyle=":", label="unrecognisable (He et al.)"
-    )
-    axis.set_xlabel("attacker SSIM (best of inverse network and white-box)")
-    axis.set_ylabel("test accuracy")
-    axis.set_title(f"Privacy-utility trade-off on {dataset}: up and to the left is better")
-    accuracies = [accuracy for _, _, accuracy in (*points, *baseline)]
-    axis.set_xlim(0, 1.02)
+        axis.set_xlabel("strongest attacker's SSIM (max over all attackers)")
+        axis.set_ylabel(name)
+        axis.set_xlim(0, 1.02)
+        axis.grid(alpha=0.3)
+    accuracies = [p.accuracy for p in points]
     if accuracies:
-        axis.set_ylim(min(accuracies) - 0.01, max(accuracies) + 0.005)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, loc="lower left")
-    figure.tight_layout()
+        axes[0].set_ylim(min(accuracies) - 0.01, max(accuracies) + 0.005)
+    axes[1].set_yscale("log")
+    axes[0].set_title(f"{dataset}: accuracy (up and left is better)")
+    axes[1].set_title(f"{dataset}: MPC cost (down and left is cheaper)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=7, loc="center right")
+    figure.tight_layout(rect=(0, 0, 0.8, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -4,6 +4,17 @@ The attacks run on a fixed, seeded subset of the private training images. Their
 revealed activations come from the run's features.pt (the owner's cache, noise
 included); the originals, needed only to score, come from ``training_order``, which
 yields the training images in the order of features.pt.
+
+Keys of the report: ``attacks.<name>.{ssim,psnr,mse}`` for every attacker and
+reference row; ``attacker_ssim_max`` (alias ``attacker_ssim``), the strongest real
+attacker's SSIM, and ``strongest_attacker``; ``labels_only_floor``, the class-mean
+image of the revealed label, which no label-revealing split can go below;
+``label_private_floor``, the dataset-mean image, the floor when the labels stay secret
+(and of full MPC); ``ssim_above_floor``, the strongest attacker minus the labels-only
+floor; ``labels_from_features_accuracy``, how well the final model recovers the labels
+from the revealed h (so how much a label-private protocol would lower the floor).
+features.pt may hold ``history`` (``rows``, ``views``: every epoch's reveal of some
+training images); without it the multi-epoch attackers are skipped, and say so.
 """
 
 from __future__ import annotations
@@ -20,13 +31,15 @@ from tqdm import tqdm
 from securemark_mpc.audit.attacks import ATTACKS, Revealed
 from securemark_mpc.audit.metrics import Scores, score, ssim_window
 from securemark_mpc.audit.plots import plot_reconstructions
+from securemark_mpc.audit.twin import RevealHistory
 from securemark_mpc.config import ConfigError
 from securemark_mpc.data import DataError, LabeledImages, load_splits
-from securemark_mpc.models import ModelSpec, load_model, private_part
+from securemark_mpc.models import ModelSpec, load_model, private_part, public_part
 from securemark_mpc.plaintext import training_order
 from securemark_mpc.run_folder import RunFolder
 
-REFERENCES = ("raw", "labels-only")  # reference rows, not attacks on the activations
+REFERENCES = ("raw", "labels-only", "dataset-mean")  # reference rows, not attacks on h
+LABELS_ONLY, LABEL_PRIVATE = "labels-only", "dataset-mean"
 REPORTS = "reports"
 
 
@@ -35,7 +48,15 @@ class AuditConfig:
     """Which attacks to run, on how many private images, from which seed."""
 
     images: int = 128  # a fixed subset keeps the white-box attack within seconds
-    attacks: tuple[str, ...] = ("raw", "labels-only", "inverse-network", "white-box")
+    attacks: tuple[str, ...] = (
+        "raw",
+        "labels-only",
+        "dataset-mean",
+        "inverse-network",
+        "white-box",
+        "multi-epoch-inverse",
+        "multi-epoch-white-box",
+    )
     seed: int = 0
 
     def validate(self) -> AuditConfig:
@@ -55,20 +76,43 @@ class AuditResult:
     scores: dict[str, Scores] = field(default_factory=dict)
     reconstructions: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    views: int = 1  # epochs of reveals the attackers saw
+
+    @property
+    def strongest_attacker(self) -> str | None:
+        """The real attack (references excluded) with the highest SSIM."""
+        real = {name: s.ssim for name, s in self.scores.items() if name not in REFERENCES}
+        return max(real, key=real.__getitem__) if real else None
 
     @property
     def attacker_ssim(self) -> float | None:
-        """The strongest real attack's SSIM (references excluded): the privacy number."""
-        return max(
-            (scores.ssim for name, scores in self.scores.items() if name not in REFERENCES),
-            default=None,
-        )
+        """The strongest real attack's SSIM: the privacy number."""
+        strongest = self.strongest_attacker
+        return self.scores[strongest].ssim if strongest else None
+
+    def floor(self, name: str) -> float | None:
+        return self.scores[name].ssim if name in self.scores else None
 
     def to_json(self) -> dict[str, Any]:
         height, width = self.originals.shape[-2:]
+        strongest, floor = self.strongest_attacker, self.floor(LABELS_ONLY)
+        maximum = self.attacker_ssim
         return {
             "attacks": {name: scores.to_json() for name, scores in self.scores.items()},
-            "attacker_ssim": self.attacker_ssim,
+            "attacker_ssim": maximum,
+            "attacker_ssim_max": maximum,
+            "attacker_psnr_max": max(
+                (s.psnr for n, s in self.scores.items() if n not in REFERENCES), default=None
+            ),
+            "strongest_attacker": strongest,
+            "labels_only_floor": floor,
+            "label_private_floor": self.floor(LABEL_PRIVATE),
+            "ssim_above_floor": (
+                maximum - floor if maximum is not None and floor is not None else None
+            ),
+            "views": self.views,
+            "skipped_attacks": dict(self.skipped),
             "attack_seconds": dict(self.seconds),
             "images": len(self.originals),
             "ssim_window": ssim_window(height=int(height), width=int(width)),
@@ -90,17 +134,45 @@ def attack_reveal(
     noise_sigma: float,
     config: AuditConfig,
     progress: bool = False,
+    history: RevealHistory | None = None,
 ) -> AuditResult:
-    """Run every configured attack on what the owner saw of `train` (features in order)."""
+    """Run every configured attack on what the owner saw of `train` (features in order).
+
+    `history` holds earlier epochs' reveals; it must cover the attacked images
+    (``watched_rows``). Without it, the attacks that need it are skipped.
+    """
     if len(features) != len(train):
         raise DataError(f"{len(features)} revealed feature rows for {len(train)} training images")
     chosen = evaluation_subset(size=len(train), count=config.images, seed=config.seed)
     originals, labels = train.images[chosen], train.labels[chosen]
-    seen = Revealed(features=features[chosen], labels=labels, noise_sigma=noise_sigma)
+    views = pool = None
+    if history is not None and len(history.views) > 1:
+        position = {int(row): index for index, row in enumerate(history.rows)}
+        if not all(int(row) in position for row in chosen):
+            raise ValueError("the reveal history does not cover the attacked images")
+        pool = history.views
+        views = pool[:, [position[int(row)] for row in chosen]]
+    seen = Revealed(
+        features=features[chosen],
+        labels=labels,
+        noise_sigma=noise_sigma,
+        views=views,
+        pool_views=pool,
+    )
     raw = Revealed(features=originals, labels=labels, noise_sigma=0.0)
-    result = AuditResult(originals=originals)
+    result = AuditResult(originals=originals, views=1 if views is None else len(views))
     for name in tqdm(config.attacks, desc="attacks", leave=False, disable=not progress):
         attack = ATTACKS[name]()
+        if attack.needs_history and views is None:
+            result.skipped[name] = "only the last epoch's reveal is available"
+            continue
+        same = getattr(attack, "single_view", None)
+        if noise_sigma == 0 and same in result.scores:
+            # Without noise there is nothing to combine: the same attack on the same view.
+            result.scores[name] = result.scores[same]
+            result.reconstructions[name] = result.reconstructions[same]
+            result.seconds[name] = 0.0
+            continue
         began = time.perf_counter()
         guess = attack.reconstruct(
             private=nn.Identity() if attack.reveals_input else private,
@@ -112,6 +184,28 @@ def attack_reveal(
         result.scores[name] = score(original=originals, reconstructed=guess)
         result.reconstructions[name] = guess
     return result
+
+
+def labels_from_features(
+    *, public: nn.Module, features: torch.Tensor, labels: torch.Tensor, config: AuditConfig
+) -> float:
+    """How often the final model's public head, run on the attacked images' revealed h,
+    gives their true label. Against an owner who holds the final model, keeping the
+    labels secret lowers the floor only as far as this accuracy falls short of 1."""
+    chosen = evaluation_subset(size=len(features), count=config.images, seed=config.seed)
+    with torch.no_grad():
+        predicted = public.eval()(features[chosen]).argmax(dim=1)
+    return float((predicted == labels[chosen]).float().mean())
+
+
+def watched_rows(*, size: int, config: AuditConfig, epochs: int, width: int) -> torch.Tensor:
+    """The training rows whose reveal the twin keeps in every epoch: the attacked images
+    plus a seeded sample for the multi-epoch denoiser to fit on, at most about 200 MB."""
+    budget = max(config.images, min(size, 2000, 50_000_000 // max(1, epochs * width)))
+    chosen = evaluation_subset(size=size, count=config.images, seed=config.seed)
+    others = torch.randperm(size, generator=torch.Generator().manual_seed(config.seed + 1))
+    others = others[~torch.isin(others, chosen)][: budget - len(chosen)]
+    return torch.cat([chosen, others]).sort().values
 
 
 def describe_partition(spec: ModelSpec, *, cut: int) -> dict[str, Any]:
@@ -159,6 +253,7 @@ def audit_run(*, run: RunFolder, config: AuditConfig, progress: bool = True) -> 
         noise_sigma=train_config.reveal_noise_sigma,
         config=config,
         progress=progress,
+        history=RevealHistory(**cached["history"]) if "history" in cached else None,
     )
     report = {
         "run": str(run.root),
@@ -167,6 +262,12 @@ def audit_run(*, run: RunFolder, config: AuditConfig, progress: bool = True) -> 
         "test_accuracy": metrics.get("test_accuracy"),
         **describe_partition(spec, cut=spec.split),
         **result.to_json(),
+        "labels_from_features_accuracy": labels_from_features(
+            public=public_part(model, spec),
+            features=cached["features"],
+            labels=train.labels,
+            config=config,
+        ),
     }
     (run.root / REPORTS).mkdir(parents=True, exist_ok=True)
     run.write_json(f"{REPORTS}/privacy.json", report)

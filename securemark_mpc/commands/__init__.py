@@ -13,6 +13,8 @@ COMMAND_MODULES = (
     "issue",
     "customers",
     "verify",
+    "queries",
+    "serve",
     "attack",
     "robustness",
     "audit",

@@ -1,8 +1,8 @@
 """`securemark audit`: what can the model owner reconstruct from what it sees?
 
 `--run RUN` attacks one run's revealed features. `--sweep` trains short plaintext-twin
-runs across the privacy knobs (split, channels, pooling, reveal noise) and draws the
-privacy-utility curve.
+runs across the privacy knobs (split, reveal noise, defences) and draws the
+privacy-utility-cost frontier.
 """
 
 from __future__ import annotations
@@ -53,17 +53,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _summary(rows: list[dict[str, Any]]) -> str:
-    """A table: one line per setting, SSIM / PSNR (dB) per attack."""
+    """A table: one line per setting, the strongest attacker, then SSIM / PSNR (dB) per attack."""
     attacks = list(rows[0]["attacks"]) if rows else []
-    lines = [f"{'setting':<24} {'accuracy':>8}  " + "  ".join(f"{a:>17}" for a in attacks)]
+    lines = [
+        f"{'setting':<30} {'accuracy':>8} {'max SSIM':>8}  "
+        + "  ".join(f"{a:>21}" for a in attacks)
+    ]
     for row in rows:
         accuracy = row.get("test_accuracy")
         shown = f"{accuracy:>8.4f}" if accuracy is not None else f"{'-':>8}"
+        strongest = row.get("attacker_ssim_max")
+        top = f"{strongest:>8.3f}" if strongest is not None else f"{'-':>8}"
         cells = "  ".join(
-            f"{row['attacks'][a]['ssim']:>7.3f} /{row['attacks'][a]['psnr']:>5.1f} dB"
+            f"{row['attacks'][a]['ssim']:>11.3f} /{row['attacks'][a]['psnr']:>5.1f} dB"
+            if a in row["attacks"]
+            else f"{'skipped':>21}"
             for a in attacks
         )
-        lines.append(f"{row.get('name', 'run'):<24} {shown}  {cells}")
+        lines.append(f"{row.get('name', 'run'):<30} {shown} {top}  {cells}")
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """`securemark demo`: the whole story on the embedded digits, start to end.
 
 Train under MPC, issue fingerprinted copies to five customers, leak one copy, and let
-`verify` name the leaker, printing what happened at each step.
+`verify` name the leaker, first from the model file, then black-box: from the answers
+of the leaked copy served over HTTP. It prints what happened at each step.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from securemark_mpc.blackbox.protocol import serving
+from securemark_mpc.blackbox.store import AnswerSource, load_blackbox, verify_answers
 from securemark_mpc.commands import Command
 from securemark_mpc.commands.train import check_runnable, train
 from securemark_mpc.commands.verify import describe
@@ -22,6 +25,7 @@ from securemark_mpc.data import load_splits
 from securemark_mpc.fingerprint.copies import issue_copy, verify_file
 from securemark_mpc.fingerprint.key import load_key
 from securemark_mpc.models import load_model
+from securemark_mpc.models.model_file import read_run_spec
 from securemark_mpc.plaintext import accuracy
 from securemark_mpc.run_folder import RunFolder
 
@@ -43,7 +47,7 @@ def fingerprint_story(run: RunFolder, *, leaker: str) -> int:
     """Steps 2-4 on a trained run: issue, leak, verify. Exit 0 iff exactly the leaker is accused."""
     test = load_splits(run.load_config().data).test
     unmarked = accuracy(load_model(run.model_path)[0], test)
-    print(f"[2/4] issuing fingerprinted copies to {len(CUSTOMERS)} customers")
+    print(f"[2/5] issuing fingerprinted copies to {len(CUSTOMERS)} customers")
     for name in CUSTOMERS:
         began = time.perf_counter()
         issued = issue_copy(run=run, name=name)
@@ -62,9 +66,9 @@ def fingerprint_story(run: RunFolder, *, leaker: str) -> int:
     model, _ = load_model(run.copy_path(leaker))
     torch.save(model.state_dict(), leaked)
     print(
-        f"[3/4] a copy leaks: {leaker}'s copy turns up as {leaked}, re-saved as a bare state dict"
+        f"[3/5] a copy leaks: {leaker}'s copy turns up as {leaked}, re-saved as a bare state dict"
     )
-    print(f"[4/4] securemark verify --run {run.root} {leaked}")
+    print(f"[4/5] securemark verify --run {run.root} {leaked}")
     report, customers = verify_file(run=run, suspect=leaked)
     for line in describe(report, customers=customers):
         print(INDENT + line)
@@ -74,7 +78,30 @@ def fingerprint_story(run: RunFolder, *, leaker: str) -> int:
         f"who leaked it: {', '.join(accused) or 'nobody'} "
         f"({'correct' if correct else 'WRONG'}: the leaker was {leaker})"
     )
-    return 0 if correct else 1
+    return 0 if correct and blackbox_story(run, leaked=leaked, leaker=leaker) else 1
+
+
+def blackbox_story(run: RunFolder, *, leaked: Path, leaker: str) -> bool:
+    """Step 5: serve the leaked copy over HTTP and trace it from its answers alone."""
+    key, queries = load_blackbox(run)
+    spec = read_run_spec(run.model_path)
+    model, _ = load_model(leaked, expected=spec)
+    with serving(model=model, spec=spec) as server:
+        print(
+            f"[5/5] black-box: the leaked copy answers at {server.url}; securemark verify "
+            f"--run {run.root} --endpoint {server.url} asks it {len(queries)} keyed queries"
+        )
+        report, customers = verify_answers(run=run, source=AnswerSource(endpoint=server.url))
+    for line in describe(report, customers=customers):
+        print(INDENT + line)
+    accused = [a.customer for a in report.accused]
+    correct = accused == [leaker]
+    print(
+        f"who leaked it, from {len(queries)} top-1 answers alone: {', '.join(accused) or 'nobody'} "
+        f"({'correct' if correct else 'WRONG'}; {key.length}-position behavioural code, "
+        f"P(any innocent accused) <= {key.code.epsilon:g})"
+    )
+    return correct
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -84,7 +111,7 @@ def run_command(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs).validate()
     check_runnable(config)
     print(
-        f"[1/4] training on digits under MPC: 1 model owner, {config.data_owners} data owners, "
+        f"[1/5] training on digits under MPC: 1 model owner, {config.data_owners} data owners, "
         "1 TTP dealer, each a separate process",
         flush=True,
     )

@@ -1,4 +1,7 @@
-"""`securemark robustness --run RUN [--attacks ...] [--trials T]`: attack our own copies."""
+"""`securemark robustness --run RUN [--attacks ...] [--chains ...] [--trials T] [--bits M]`.
+
+Attack our own copies; one command reproduces the README's table.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +9,18 @@ import argparse
 import json
 from pathlib import Path
 
-from securemark_mpc.attacks import ATTACKS, AttackContext
-from securemark_mpc.attacks.plots import plot_robustness
-from securemark_mpc.attacks.robustness import RobustnessConfig, make_population, sweep
+from securemark_mpc.attacks import ATTACKS, AttackContext, AttackError, parse_chain
 from securemark_mpc.commands import Command
 from securemark_mpc.config import ConfigError
 from securemark_mpc.data import load_splits
+from securemark_mpc.fingerprint.codes import CodeConfig
 from securemark_mpc.fingerprint.copies import ensure_key, load_features
+from securemark_mpc.fingerprint.key import FingerprintConfig, fresh_seed, keygen
 from securemark_mpc.models import load_model
 from securemark_mpc.models.model_file import read_run_spec
-from securemark_mpc.plaintext import accuracy
 from securemark_mpc.registry import Registry
+from securemark_mpc.robustness import RobustnessConfig, make_population, sweep
+from securemark_mpc.robustness.plots import plot_robustness
 from securemark_mpc.run_folder import RunFolder
 
 
@@ -33,6 +37,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--population", type=int, default=defaults.population, help="simulated customers"
     )
+    parser.add_argument(
+        "--chains",
+        nargs="*",
+        default=list(defaults.chains),
+        metavar="A:S,B:S",
+        help="attack chains to run (none: --chains with no value)",
+    )
+    parser.add_argument(
+        "--bits",
+        type=int,
+        help="measure with a throw-away in-memory key of this code length (e.g. 512, 1024) "
+        "instead of the run's key",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
 
 
@@ -44,10 +61,21 @@ def run_command(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--trials and --collusion-trials must be at least 1, --population at least 2"
         )
+    if args.bits is not None and args.bits < 1:
+        raise ConfigError(f"--bits must be positive, got {args.bits}")
+    for text in args.chains:
+        try:
+            parse_chain(text)
+        except AttackError as error:
+            raise ConfigError(f"--chains {text!r}: {error}") from None
     run = RunFolder(args.run)
     spec = read_run_spec(run.model_path)
     model, _ = load_model(run.model_path, expected=spec)
-    key, _ = ensure_key(run=run, spec=spec, config=None, seed=None)
+    if args.bits is None:
+        key, _ = ensure_key(run=run, spec=spec, config=None, seed=None)
+    else:  # never saved: the run's real key and registry stay as they are
+        config = FingerprintConfig(code=CodeConfig(length=args.bits))
+        key = keygen(spec=spec, config=config, seed=fresh_seed())
     features, labels = load_features(run)
     splits = load_splits(run.load_config().data)
     if len(splits.aux) == 0:
@@ -66,6 +94,7 @@ def run_command(args: argparse.Namespace) -> int:
     )
     config = RobustnessConfig(
         attacks=tuple(args.attacks),
+        chains=tuple(args.chains),
         trials=args.trials,
         collusion_trials=args.collusion_trials,
         population=args.population,
@@ -74,27 +103,29 @@ def run_command(args: argparse.Namespace) -> int:
     results = sweep(
         population=population,
         key=key,
+        reference=model,
         context=AttackContext(spec=spec, aux=splits.aux, seed=args.seed),
         test=splits.test,
-        unmarked_accuracy=accuracy(model, splits.test),
         config=config,
     )
     reports = run.root / "reports"
     reports.mkdir(parents=True, exist_ok=True)
-    (reports / "robustness.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot = plot_robustness(results, reports / "robustness.png")
+    stem = "robustness" if args.bits is None else f"robustness_{args.bits}bits"
+    (reports / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot = plot_robustness(results, reports / f"{stem}.png")
     for label, entry in results["attacks"].items():
         cells = ", ".join(
             f"{entry['strength_name']} {p['strength']:g}: BER {p['ber']:.2f} acc {p['test_accuracy']:.3f} traced {p['traced_rate']:.0%}"
             for p in entry["points"]
         )
         print(f"{label:16s} {cells}")
+    print(f"targets: {json.dumps(results['targets'])}")
     verdict = (
         "an innocent customer WAS accused"
         if results["innocent_ever_accused"]
         else "no innocent accused"
     )
-    print(f"{verdict}; wrote {reports / 'robustness.json'} and {plot}")
+    print(f"{verdict}; wrote {reports / f'{stem}.json'} and {plot}")
     return 0
 
 

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from securemark_mpc.commands import Command
-from securemark_mpc.config import ConfigError, TrainConfig
+from securemark_mpc.config import SCHEDULES, ConfigError, TrainConfig
 from securemark_mpc.data import DATASETS, PARTITIONERS, DataConfig, load_splits, partition_shards
 from securemark_mpc.models import PRESETS
+from securemark_mpc.mpc.auth import ensure_secret
 from securemark_mpc.mpc.launcher import launch_local
 from securemark_mpc.run_folder import RunFolder
 
@@ -55,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--epochs", type=int, default=defaults.epochs)
     optim.add_argument("--batch-size", type=int, default=defaults.batch_size)
     optim.add_argument("--lr", type=float, default=defaults.learning_rate)
-    optim.add_argument("--lr-schedule", default=defaults.lr_schedule, help="cosine or constant")
+    optim.add_argument(
+        "--lr-schedule", default=defaults.lr_schedule, help=f"one of {sorted(SCHEDULES)}"
+    )
     optim.add_argument("--momentum", type=float, default=defaults.momentum)
     optim.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
     optim.add_argument("--seed", type=int, default=defaults.seed)
@@ -66,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mpc.add_argument(
         "--noise-sigma",
         type=float,
-        default=0.0,
+        default=defaults.reveal_noise_sigma,
         help="Gaussian noise the data owners add under MPC before each reveal",
     )
     mpc.add_argument(
@@ -86,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config-only",
         action="store_true",
-        help="only write RUN/config.json, for parties on several hosts",
+        help="only write RUN/config.json and RUN/run.secret, for parties on several hosts",
     )
 
 
@@ -163,7 +166,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.out is None:
         raise ConfigError("--out RUN is required (or --resume RUN)")
     config = config_from_args(args)
-    check_runnable(config)
+    if not (args.config_only and config.data.data_root is None and config.data.dataset != "digits"):
+        check_runnable(config)  # a multi-host config may leave the data to each party
     run = RunFolder(args.out)
     if run.model_path.exists() or run.checkpoint(0).exists():
         raise ConfigError(
@@ -171,8 +175,10 @@ def run_command(args: argparse.Namespace) -> int:
         )
     run.save_config(config, argv=sys.argv)
     if args.config_only:
+        ensure_secret(run.secret_path)
         print(
-            f"wrote {run.config_path}; copy {run.root} to every host and start parties/run_party.py there"
+            f"wrote {run.config_path} and {run.secret_path} (mode 0600); copy both to every "
+            "host out of band (e.g. scp -p) and start parties/run_party.py there"
         )
         return 0
     return train(run, config)

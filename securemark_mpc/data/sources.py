@@ -1,7 +1,9 @@
 """Image sources: one small loader per data set, looked up by name in ``DATASETS``.
 
 Every loader returns the whole pool of images it can find, as ``LabeledImages``, plus
-the number of classes; splitting is done afterwards, the same way for every source.
+its ``DataInfo`` (image shape, class names, normalisation); splitting is done
+afterwards, the same way for every source. ``imagefolder`` reads one sub-folder of
+PNG/JPEG images per class (torchvision's ``ImageFolder`` layout).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import gzip
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +46,48 @@ class LabeledImages:
         return LabeledImages(images=self.images[indices], labels=self.labels[indices])
 
 
-Loader = Callable[..., tuple[LabeledImages, int]]
+@dataclass(frozen=True)
+class DataInfo:
+    """What every party's images must agree on; compared between parties at the handshake."""
+
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    class_names: tuple[str, ...]  # label i is class_names[i]
+    normalisation: str  # how stored pixels become model inputs in [0, 1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def settings(self) -> dict[str, str]:
+        """The compared settings by name, as an operator would read them in an error."""
+        return {
+            "image shape": "x".join(str(size) for size in self.image_shape),
+            "class names": ",".join(self.class_names),
+            "normalisation": self.normalisation,
+        }
 
 
-def _scaled(images: np.ndarray, labels: np.ndarray, *, scale: float) -> LabeledImages:
-    """Turn raw (N, H, W) or (N, C, H, W) pixels in [0, scale] into float32 in [0, 1]."""
+Loader = Callable[..., tuple[LabeledImages, DataInfo]]
+
+
+def _scaled(
+    images: np.ndarray, labels: np.ndarray, *, scale: float, num_classes: int
+) -> tuple[LabeledImages, DataInfo]:
+    """Turn raw (N, H, W) or (N, C, H, W) pixels in [0, scale] into float32 in [0, 1].
+
+    Label-indexed formats (IDX, torchvision, digits) name their classes by number, so an
+    image folder whose class folders are named 0..9 matches them.
+    """
     pixels = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / np.float32(scale))
     if pixels.ndim == 3:
         pixels = pixels.unsqueeze(1)
-    return LabeledImages(images=pixels, labels=torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+    pool = LabeledImages(images=pixels, labels=torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+    info = DataInfo(
+        image_shape=tuple(pool.images.shape[1:]),
+        class_names=tuple(str(label) for label in range(num_classes)),
+        normalisation=f"pixels / {scale:g}",
+    )
+    return pool, info
 
 
 def _require_root(data_root: str | None, *, name: str) -> Path:
@@ -64,12 +99,12 @@ def _require_root(data_root: str | None, *, name: str) -> Path:
     return root
 
 
-def load_digits(*, data_root: str | None = None) -> tuple[LabeledImages, int]:
+def load_digits(*, data_root: str | None = None) -> tuple[LabeledImages, DataInfo]:
     """scikit-learn's 1,797 real 8x8 digits: the built-in default, no download needed."""
     from sklearn.datasets import load_digits as sklearn_digits
 
     digits = sklearn_digits()
-    return _scaled(digits.images, digits.target, scale=16.0), 10
+    return _scaled(digits.images, digits.target, scale=16.0, num_classes=10)
 
 
 _IDX_UBYTE = 0x08
@@ -113,7 +148,7 @@ def _find_one(root: Path, tag: str) -> Path:
     return found[0]
 
 
-def load_idx(*, data_root: str | None) -> tuple[LabeledImages, int]:
+def load_idx(*, data_root: str | None) -> tuple[LabeledImages, DataInfo]:
     """A folder of raw MNIST-format IDX files: one idx3 images file, one idx1 labels file."""
     root = _require_root(data_root, name="idx")
     images = _read_idx(_find_one(root, "idx3"), ndim=3)
@@ -124,7 +159,7 @@ def load_idx(*, data_root: str | None) -> tuple[LabeledImages, int]:
         )
     if len(images) == 0:
         raise DataError(f"IDX files in {str(root)!r} hold no images")
-    return _scaled(images, labels, scale=255.0), int(labels.max()) + 1
+    return _scaled(images, labels, scale=255.0, num_classes=int(labels.max()) + 1)
 
 
 def _torchvision_loader(class_name: str, expected: str, *, channels_last: bool = False) -> Loader:
@@ -133,7 +168,7 @@ def _torchvision_loader(class_name: str, expected: str, *, channels_last: bool =
     Pooling both lets our own splitter decide train/test/aux the same way for every source.
     """
 
-    def load(*, data_root: str | None) -> tuple[LabeledImages, int]:
+    def load(*, data_root: str | None) -> tuple[LabeledImages, DataInfo]:
         import torchvision.datasets
 
         root = _require_root(data_root, name=class_name.lower())
@@ -151,14 +186,86 @@ def _torchvision_loader(class_name: str, expected: str, *, channels_last: bool =
         if channels_last:
             pixels = pixels.transpose(0, 3, 1, 2)
         labels = np.concatenate([np.asarray(part.targets) for part in parts])
-        return _scaled(pixels, labels, scale=255.0), len(parts[0].classes)
+        return _scaled(pixels, labels, scale=255.0, num_classes=len(parts[0].classes))
 
     return load
+
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+# PIL colour mode -> (channels, full-scale pixel value); anything else is refused by name.
+_IMAGE_MODES: dict[str, tuple[int, float]] = {
+    "L": (1, 255.0),
+    "RGB": (3, 255.0),
+    "I;16": (1, 65535.0),
+    "I": (1, 65535.0),  # how some Pillow versions open 16-bit greyscale PNGs
+}
+
+
+def _read_image(path: Path) -> tuple[np.ndarray, str]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            if mode not in _IMAGE_MODES:
+                raise DataError(
+                    f"image {str(path)!r} has colour mode {mode!r}; use greyscale (L, 8 or 16 bit) "
+                    "or RGB images"
+                )
+            return np.asarray(image), mode
+    except (OSError, UnidentifiedImageError) as error:
+        raise DataError(f"cannot read image {str(path)!r}: {error}") from None
+
+
+def load_image_folder(*, data_root: str | None) -> tuple[LabeledImages, DataInfo]:
+    """One sub-folder of PNG/JPEG images per class (torchvision's ``ImageFolder`` layout).
+
+    Classes are the sub-folders in sorted order (an empty one still counts, so an owner
+    who holds no image of a class keeps the others' label numbers). Images are ordered
+    by file name, then class, so numbered file names keep the order they were written in.
+    Every image must have the first one's size and colour mode: nothing is resized.
+    """
+    root = _require_root(data_root, name="imagefolder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(
+            f"{str(root)!r} has no class folders: expected one sub-folder of PNG/JPEG images "
+            "per class (torchvision's ImageFolder layout), IDX files, or a torchvision root"
+        )
+    files = sorted(
+        (path.name, label, path)
+        for label, name in enumerate(classes)
+        for path in (root / name).iterdir()
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    )
+    if not files:
+        raise DataError(f"the class folders of {str(root)!r} hold no .png/.jpg/.jpeg images")
+    pixels, labels = [], []
+    first_shape, first_mode, first_path = None, None, None
+    for _, label, path in files:
+        array, mode = _read_image(path)
+        if first_path is None:
+            first_shape, first_mode, first_path = array.shape, mode, path
+        elif (array.shape, mode) != (first_shape, first_mode):
+            raise DataError(
+                f"image {str(path)!r} is {array.shape} in mode {mode}, but {str(first_path)!r} is "
+                f"{first_shape} in mode {first_mode}: all images of one party need one size and mode"
+            )
+        pixels.append(array)
+        labels.append(label)
+    stacked = np.stack(pixels)
+    if stacked.ndim == 4:  # (N, H, W, C) -> (N, C, H, W)
+        stacked = stacked.transpose(0, 3, 1, 2)
+    pool, info = _scaled(
+        stacked, np.array(labels), scale=_IMAGE_MODES[first_mode][1], num_classes=len(classes)
+    )
+    return pool, replace(info, class_names=tuple(classes))
 
 
 DATASETS: dict[str, Loader] = {
     "digits": load_digits,
     "idx": load_idx,
+    "imagefolder": load_image_folder,
     "mnist": _torchvision_loader("MNIST", "MNIST/raw"),
     "fashionmnist": _torchvision_loader("FashionMNIST", "FashionMNIST/raw"),
     "cifar10": _torchvision_loader("CIFAR10", "cifar-10-batches-py", channels_last=True),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .sources import DataError, LabeledImages, get_loader
+from .sources import DataError, DataInfo, LabeledImages, get_loader
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,15 @@ class DatasetSplits:
     train: LabeledImages
     test: LabeledImages
     aux: LabeledImages
-    num_classes: int
-    image_shape: tuple[int, int, int]  # (C, H, W)
+    info: DataInfo
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:  # (C, H, W)
+        return self.info.image_shape
 
 
 def _validate(config: DataConfig) -> None:
@@ -73,7 +80,7 @@ def load_splits(config: DataConfig) -> DatasetSplits:
     """Load ``config.dataset`` and split it into disjoint, stratified train/test/aux sets."""
     loader = get_loader(config.dataset)
     _validate(config)
-    pool, num_classes = loader(data_root=config.data_root)
+    pool, info = loader(data_root=config.data_root)
     if config.file_order:  # e.g. MNIST-t10k's reference split: first 8,000 train, last 2,000 test
         order = torch.arange(len(pool.labels)).flip(0)[: config.max_images]
     else:
@@ -88,6 +95,5 @@ def load_splits(config: DataConfig) -> DatasetSplits:
         train=pool.subset(train.sort().values),
         test=pool.subset(test.sort().values),
         aux=pool.subset(aux.sort().values),
-        num_classes=num_classes,
-        image_shape=tuple(pool.images.shape[1:]),
+        info=info,
     )

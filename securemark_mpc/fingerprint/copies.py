@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,8 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from securemark_mpc.blackbox.store import mark_copy
 from securemark_mpc.config import ConfigError
+from securemark_mpc.data import DataError, load_splits
+from securemark_mpc.fingerprint.align import ALIGNMENT_IMAGES
 from securemark_mpc.fingerprint.embed import embed
 from securemark_mpc.fingerprint.key import (
     FingerprintConfig,
@@ -32,7 +37,7 @@ from securemark_mpc.fingerprint.key import (
 )
 from securemark_mpc.fingerprint.trace import TraceReport
 from securemark_mpc.fingerprint.verify import verify_model
-from securemark_mpc.models import ModelSpec, build_model, load_model
+from securemark_mpc.models import ModelFileError, ModelSpec, build_model, load_model
 from securemark_mpc.models.model_file import read_run_spec, save_model
 from securemark_mpc.registry import Customer, Registry, RegistryError, validate_name
 from securemark_mpc.run_folder import RunFolder
@@ -138,6 +143,17 @@ def issue_copy(
         marked = embed(
             model=model, spec=spec, key=key, codeword=codeword, features=features, labels=labels
         )
+        # Black-box tracing (securemark_mpc.blackbox): the behavioural mark, carrier untouched.
+        marked = mark_copy(
+            run=run,
+            unmarked=model,
+            model=marked,
+            spec=spec,
+            index=index,
+            features=features,
+            carrier=key.carrier,
+            seed=key_seed,
+        )
         path = run.copy_path(name)
         temporary = path.with_name(f".{name}.pt.tmp")
         try:
@@ -151,18 +167,69 @@ def issue_copy(
     return IssuedCopy(customer=customer, path=path, key_created=created)
 
 
+def _same_layout(found: ModelSpec, spec: ModelSpec) -> bool:
+    """Same layers and split, widths aside (a thief may add dummy units)."""
+
+    def layout(model_spec: ModelSpec) -> list[dict]:
+        return [{k: v for k, v in layer.items() if k != "out"} for layer in model_spec.layers]
+
+    return (
+        layout(found) == layout(spec)
+        and found.split == spec.split
+        and found.layers[-1] == spec.layers[-1]
+    )
+
+
+def load_suspect(path: Path, spec: ModelSpec) -> nn.Sequential:
+    """Load an untrusted model (weights only): the run's architecture, or the same layers widened.
+
+    Anything else raises ModelFileError.
+    """
+    try:
+        return load_model(path, expected=spec)[0]
+    except ModelFileError as mismatch:
+        try:
+            model, found = load_model(path)  # a model file that names its own, wider, layers
+        except ModelFileError:
+            raise mismatch from None
+        if not _same_layout(found, spec):
+            raise mismatch from None
+        return model
+
+
 def verify_file(*, run: RunFolder, suspect: Path) -> tuple[TraceReport, int]:
     """Trace an untrusted model file against the run's registry; also return the customer count.
 
-    The suspect is loaded safely (weights only) and must match the run's architecture;
-    anything else raises ModelFileError.
+    The suspect is loaded safely (weights only); it must have the run's layers, possibly
+    widened by dummy units, else ModelFileError. It is aligned with the run's unmarked
+    model on the owner's test images before its mark is read.
     """
     spec = read_run_spec(run.model_path)
     key = load_key(run.key_path)
-    model, _ = load_model(suspect, expected=spec)
+    reference, _ = load_model(run.model_path, expected=spec)
+    try:
+        images = load_splits(run.load_config().data).test.images[:ALIGNMENT_IMAGES]
+    except (ConfigError, DataError) as error:  # e.g. a host that holds no test images
+        warnings.warn(
+            f"cannot load the owner's test images ({error}): reading the suspect unaligned, "
+            "so permuted, rescaled or widened copies will not be traced",
+            stacklevel=2,
+        )
+        images = None
+    # widened layers can only be read once aligned
+    model = (
+        load_suspect(suspect, spec) if images is not None else load_model(suspect, expected=spec)[0]
+    )
     names: list[str] = []
     codewords = np.zeros((0, key.length), dtype=np.uint8)
     if run.registry_path.exists():  # verifying must not create a registry
         names, codewords = Registry(run.registry_path).codeword_matrix()
-    report = verify_model(model=model, key=key, names=names, codewords=codewords)
+    report = verify_model(
+        model=model,
+        key=key,
+        names=names,
+        codewords=codewords,
+        reference=reference,
+        images=images,
+    )
     return report, len(names)

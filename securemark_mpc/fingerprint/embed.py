@@ -1,25 +1,27 @@
-"""Embedding: fine-tune a copy's carrier so that it spells a codeword.
+"""Embedding: fine-tune a copy's plaintext head so that its carrier spells a codeword.
 
-Only the owner's cached cut-layer features are needed, never raw images. Only the
-carrier W (a Linear weight of the plaintext partition) moves, so every copy differs from
-the decrypted model in that one tensor and its private partition stays identical. The
-loss is CE(Q(h), y) + λ·BCE(σ(s·z), b) with z = X·w/‖w‖ and s = 2/τ, so the mark term
-still pulls at the margin (σ(2) ≈ 0.88) and stops pulling well beyond it.
+Only the owner's cached cut-layer features are needed, never raw images, and the
+private partition of every copy stays identical. The carrier W (a Linear weight of the
+plaintext partition) is read one hidden unit (row) at a time (:mod:`.extract`).
 
-W steps along its gradient times P = ε(C + εI)⁻¹, where C is the second moment of W's
-inputs a on the cached features and ε is C's mean eigenvalue: steepest descent in the
-metric ‖ΔW·a‖² + ε‖ΔW‖². The mark goes mostly into input directions that the training
-data hardly excites (digits: 114 of the 512 inputs of layer 6 are never active, and 50
-directions hold 98% of the energy), so the layer's outputs, and test accuracy, barely
-move. Measured on digits (359 test images, 24 codewords each on three models): without
-P up to 2 images lost per copy; letting the other plaintext layers train too cost 3-6
-images on models trained with label smoothing, whose CE optimum differs from where they
-stand; as here, at most 1. Full-batch, no randomness: the same codeword gives the same copy.
+Where the mark goes decides who can remove it. A thief who has read this code keeps a
+layer's response on its own data and rewrites whatever that data never excites
+(``attacks.adaptive``). The old embedding steered the mark into exactly those dormant
+input directions, so that attack removed it for free. Here W moves only within the
+fewest input directions that hold ``excited_energy`` (99%) of its inputs' energy on
+the owner's features: where the data's own signal lives, so that the attacker's
+surgery keeps the mark, and removing it means rewriting what the model uses. The
+loss is KL(unmarked answers ‖ copy's answers) + λ·BCE(σ(s·z), b), s = 2/τ; the rest of
+the head (W's bias and every later layer) follows the KL term only, which keeps the
+copy answering like the unmarked model (not re-optimising a cross-entropy that
+label-smoothed training never minimised). Full-batch, no randomness: the same
+codeword gives the same copy.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -27,7 +29,10 @@ from torch import nn
 
 from securemark_mpc.fingerprint.extract import project
 from securemark_mpc.fingerprint.key import FingerprintKey, projection_matrix
+from securemark_mpc.fingerprint.subspace import excited_subspace
 from securemark_mpc.models import ModelSpec, public_part
+
+WEIGHTS_PER_BIT = 8  # 304 bits on digits' 256 hidden units: the 10 directions of 99% energy
 
 
 class EmbeddingError(RuntimeError):
@@ -60,14 +65,6 @@ def _split_at_carrier(
     )
 
 
-def input_preconditioner(inputs: torch.Tensor) -> torch.Tensor:
-    """P = ε(C + εI)⁻¹ for inputs (N, d), C = aᵀa/N, ε = tr(C)/d; eigenvalues in (0, 1]."""
-    second_moment = inputs.T @ inputs / len(inputs)
-    ridge = (second_moment.trace() / second_moment.shape[0]).clamp_min(1e-12)
-    eye = torch.eye(second_moment.shape[0], dtype=inputs.dtype)
-    return ridge * torch.linalg.inv(second_moment + ridge * eye)
-
-
 def embed(
     *,
     model: nn.Sequential,
@@ -96,23 +93,30 @@ def embed(
     front, layer, back = _split_at_carrier(public_part(marked, spec), key)
     with torch.no_grad():
         inputs = front.eval()(features.float())  # fixed: nothing in front of W moves
-    preconditioner = input_preconditioner(inputs)
+    # a long code needs room: at least WEIGHTS_PER_BIT free weights per bit
+    room = math.ceil(WEIGHTS_PER_BIT * key.length / layer.weight.shape[0])
+    excited = excited_subspace(inputs, config.excited_energy, min_directions=room)
     carrier = layer.weight
     matrix = projection_matrix(key)
     bits = torch.from_numpy(bits_np.astype(np.float32))
-    labels = labels.long()
-    optimizer = torch.optim.SGD([carrier], lr=config.learning_rate, momentum=config.momentum)
+    with torch.no_grad():
+        target = torch.softmax(back(layer(inputs)), dim=1)  # the unmarked model's answers
+    others = [layer.bias, *back.parameters()]
+    optimizer = torch.optim.SGD(
+        [carrier, *others], lr=config.learning_rate, momentum=config.momentum
+    )
     back.eval()
     for step in range(config.max_steps + 1):
         z = project(carrier=carrier, matrix=matrix)
         short = int((margins(z=z.detach(), bits=bits) < config.margin).sum())
         if short == 0 or step == config.max_steps:
             break
-        task = nn.functional.cross_entropy(back(layer(inputs)), labels)
+        logits = back(layer(inputs))
+        task = nn.functional.kl_div(torch.log_softmax(logits, dim=1), target, reduction="batchmean")
         mark = nn.functional.binary_cross_entropy_with_logits(z * (2.0 / config.margin), bits)
         optimizer.zero_grad()
         (task + config.mark_weight * mark).backward()
-        carrier.grad = carrier.grad @ preconditioner
+        carrier.grad = carrier.grad @ excited
         optimizer.step()
     marked.zero_grad(set_to_none=True)  # a copy carries no gradients
     if short:

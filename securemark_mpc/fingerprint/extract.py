@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -10,15 +12,17 @@ from securemark_mpc.fingerprint.key import FingerprintKey, projection_matrix
 
 
 def project(*, carrier: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """z = X·w / ‖w‖ (differentiable).
+    """z = X·vec(Ŵ) / sqrt(rows), Ŵ the carrier with every row scaled to unit norm (differentiable).
 
-    Dividing by ‖w‖ makes z scale-free: rescaling a layer (which a ReLU network can undo in
-    the next layer) changes nothing, and for weights independent of X every z_i has mean 0
-    and variance 1, so an independent model's bits are fair coins. An all-zero carrier
-    gives z = 0.
+    A row holds one output unit's incoming weights, so reading unit rows makes z blind to
+    any positive rescaling of a unit, which a ReLU network undoes in the next layer at no
+    cost (and to rescaling the whole layer). For weights independent of X every z_i has
+    mean 0 and variance at most 1, so an independent model's bits are fair coins. An
+    all-zero row (a pruned unit) contributes nothing.
     """
-    flat = carrier.reshape(-1)
-    return matrix @ (flat / flat.norm().clamp_min(torch.finfo(flat.dtype).tiny))
+    rows = carrier.reshape(carrier.shape[0], -1)
+    unit_rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)
+    return matrix @ unit_rows.reshape(-1) / math.sqrt(rows.shape[0])
 
 
 def extract(*, model: nn.Module, key: FingerprintKey) -> tuple[np.ndarray, np.ndarray]:

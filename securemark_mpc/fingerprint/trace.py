@@ -50,10 +50,12 @@ class TraceReport:
     threshold: float  # Z; inf when no score could reach significance
     epsilon: float
     bound: str
+    alignment: dict | None = None  # what verify undid before reading (fingerprint.align)
 
     def to_json(self) -> dict:
         """JSON-ready verdict; a non-finite threshold becomes null."""
         return {
+            **({} if self.alignment is None else {"alignment": self.alignment}),
             "ours": self.ours,
             "ours_p_value": self.ours_p_value,
             "ours_bound": OURS_BOUND,

@@ -8,6 +8,7 @@ given the architecture they should match.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,35 @@ def save_model(path: Path, *, model: nn.Module, spec: ModelSpec) -> None:
     torch.save({"format": FORMAT, "spec": spec.to_json(), "state_dict": state}, path)
 
 
+def _python_objects(path: Path, error: Exception) -> list[str]:
+    """The Python objects (classes, functions) a refused file would have unpickled."""
+    named = re.findall(r"GLOBAL ([\w.]+)", str(error))
+    if named:
+        return named
+    try:  # reads the pickle's opcodes without running them
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # not a zip checkpoint at all: it is garbage, not objects
+        return []
+
+
+def _refusal(path: Path, error: Exception) -> str:
+    """Why a file was refused, in this project's words.
+
+    torch's own message advises re-running with ``weights_only=False``, i.e. running
+    whatever code the file carries: it is never relayed.
+    """
+    objects = _python_objects(path, error)
+    if objects:
+        return (
+            f"{path}: not a readable PyTorch model file: it holds more than tensors (Python "
+            f"objects: {', '.join(sorted(set(objects)))}), so it was not loaded; a model file "
+            "must hold only tensors, because loading objects can run code from the file"
+        )
+    lines = str(error).strip().splitlines()
+    detail = lines[0] if lines and "weights" not in str(error).lower() else type(error).__name__
+    return f"{path}: not a readable PyTorch model file ({detail})"
+
+
 def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
@@ -48,10 +78,7 @@ def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | N
         payload = torch.load(path, map_location="cpu", weights_only=True)
     # On garbage the weights-only unpickler raises almost anything (IndexError for text, ...).
     except Exception as error:
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
-        raise ModelFileError(f"{path}: not a readable PyTorch model file ({first_line})") from None
+        raise ModelFileError(_refusal(path, error)) from None
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         state, spec = payload.get("state_dict"), payload.get("spec")
         if not (isinstance(state, dict) and isinstance(spec, dict)):

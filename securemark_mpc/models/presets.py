@@ -1,12 +1,27 @@
 """Split-model presets: which layers run under MPC (private) and which in plaintext.
 
-Under MPC a nonlinearity costs about 100 multiplications (a ReLU is a secure
-comparison), so each private partition pools *before* its activation: the pool is
-linear and cheap, and it divides the number of ReLUs by the pool area.
+Why the default partition looks the way it does (issues 9 and 10):
+
+- **Deep.** Revealing an early layer (conv → pool → activation, the old default, still
+  reachable with ``--split 3`` as the fast, non-private option) lets the model owner
+  rebuild the images almost exactly. Everything up to the penultimate block runs
+  under MPC: on MNIST 2,088 nonlinear elements per sample.
+- **Cheap nonlinearities.** Every private activation is ``quad`` (x + a·x², see
+  :class:`~securemark_mpc.models.layers.Quadratic`): one Beaver product per element
+  instead of a secure comparison (~64 rounds). Pooling still comes before the first
+  activation: it is linear and divides the number of products by the pool area.
+- **A narrow cut.** The private partition ends in a linear layer to ``CUT_WIDTH`` (32)
+  values per sample: the less the owner sees, the less an inverse network or a
+  white-box inversion recovers.
+- **A plaintext head that widens again**, cut → 256 → ReLU → classes. It restores
+  capacity (ReLU is free in plaintext) and its 256 × 32 first weight is the largest
+  Linear weight of the plaintext partition, which the fingerprint key picks as its
+  carrier: 8,192 weights for a 304-bit (or longer) code.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +94,20 @@ class ModelSpec:
         return total
 
 
+def _variance_preserving_init(module: nn.Module) -> None:
+    """Weights uniform with variance 1/fan_in, biases zero (LeCun).
+
+    PyTorch's default shrinks the signal about 1.7× per layer; through the eight
+    weight layers of a deep partition and its head the net then starts dead (loss
+    flat at log(classes)), and with quad activations the first real step blows up
+    to NaN. Starting at unit scale, with the learning-rate warm-up, trains every seed.
+    """
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        bound = math.sqrt(3.0 / module.weight[0].numel())
+        nn.init.uniform_(module.weight, -bound, bound)
+        nn.init.zeros_(module.bias)
+
+
 def build_model(spec: ModelSpec, *, seed: int) -> nn.Sequential:
     """Build the full plaintext model, initialised from an explicit seed."""
     with torch.random.fork_rng(devices=[]):
@@ -87,6 +116,7 @@ def build_model(spec: ModelSpec, *, seed: int) -> nn.Sequential:
         modules = []
         for layer_spec in spec.layers:
             module, shape = build_layer(layer_spec, shape)
+            _variance_preserving_init(module)
             modules.append(module)
     return nn.Sequential(*modules)
 
@@ -101,49 +131,61 @@ def public_part(model: nn.Sequential, spec: ModelSpec) -> nn.Sequential:
     return model[spec.split :]
 
 
-def _digits_layers(num_classes: int) -> list[LayerSpec]:
+CUT_WIDTH = 32  # values per sample revealed to the model owner
+HEAD_WIDTH = (
+    256  # the plaintext head's hidden layer: the fingerprint carrier is HEAD_WIDTH × CUT_WIDTH
+)
+
+
+def _private_features(*, conv1: LayerSpec, pool: int, hidden: int) -> list[LayerSpec]:
+    """conv → pool → quad → conv → quad → linear → quad: the deep private partition."""
     return [
-        {"kind": "conv", "out": 8, "kernel": 3, "padding": 1},
-        {"kind": "avgpool", "size": 2},
-        {"kind": "relu"},
+        conv1,
+        {"kind": "avgpool", "size": pool},
+        {"kind": "quad"},
         {"kind": "conv", "out": 32, "kernel": 3, "padding": 1},
-        {"kind": "relu"},
+        {"kind": "quad"},
         {"kind": "flatten"},
-        {"kind": "linear", "out": 64},
+        {"kind": "linear", "out": hidden},
+        {"kind": "quad"},
+    ]
+
+
+def _cut_and_head(num_classes: int) -> list[LayerSpec]:
+    """The narrow linear cut (last private layer), then the plaintext head that widens again."""
+    return [
+        {"kind": "linear", "out": CUT_WIDTH},
+        {"kind": "linear", "out": HEAD_WIDTH},
         {"kind": "relu"},
         {"kind": "linear", "out": num_classes},
     ]
+
+
+def _digits_layers(num_classes: int) -> list[LayerSpec]:
+    conv1 = {"kind": "conv", "out": 8, "kernel": 3, "padding": 1}
+    return _private_features(conv1=conv1, pool=2, hidden=64) + _cut_and_head(num_classes)
 
 
 def _mnist_layers(num_classes: int) -> list[LayerSpec]:
-    return [
-        {"kind": "conv", "out": 8, "kernel": 5, "padding": 2},
-        {"kind": "avgpool", "size": 4},
-        {"kind": "relu"},
-        {"kind": "conv", "out": 32, "kernel": 3, "padding": 1},
-        {"kind": "relu"},
-        {"kind": "flatten"},
-        {"kind": "linear", "out": 128},
-        {"kind": "relu"},
-        {"kind": "linear", "out": num_classes},
-    ]
+    conv1 = {"kind": "conv", "out": 8, "kernel": 5, "padding": 2}
+    return _private_features(conv1=conv1, pool=4, hidden=128) + _cut_and_head(num_classes)
 
 
 def _cifar_layers(num_classes: int) -> list[LayerSpec]:
     return [
         {"kind": "conv", "out": 16, "kernel": 3, "padding": 1},
         {"kind": "avgpool", "size": 2},
-        {"kind": "relu"},
+        {"kind": "quad"},
         {"kind": "conv", "out": 32, "kernel": 3, "padding": 1},
-        {"kind": "relu"},
+        {"kind": "quad"},
         {"kind": "avgpool", "size": 2},
         {"kind": "conv", "out": 64, "kernel": 3, "padding": 1},
-        {"kind": "relu"},
+        {"kind": "quad"},
         {"kind": "avgpool", "size": 2},
         {"kind": "flatten"},
         {"kind": "linear", "out": 128},
-        {"kind": "relu"},
-        {"kind": "linear", "out": num_classes},
+        {"kind": "quad"},
+        *_cut_and_head(num_classes),
     ]
 
 
@@ -151,13 +193,16 @@ def _cifar_layers(num_classes: int) -> list[LayerSpec]:
 class Preset:
     input_shape: tuple[int, int, int]
     layers: Callable[[int], list[LayerSpec]]
-    default_split: int
+    default_split: int  # everything up to and including the narrow linear cut
 
 
+# Layer indices mean the same depth in the digits and MNIST presets: split 1 reveals
+# conv1's output, 3 the fast, non-private conv → pool → quad of earlier versions, 5 adds
+# conv2 and its quad, 8 the 64/128-wide quad output, 9 (default) the 32-wide cut.
 PRESETS: dict[str, Preset] = {
-    "digits-cnn": Preset((1, 8, 8), _digits_layers, default_split=3),
-    "mnist-cnn": Preset((1, 28, 28), _mnist_layers, default_split=3),
-    "cifar-cnn": Preset((3, 32, 32), _cifar_layers, default_split=3),
+    "digits-cnn": Preset((1, 8, 8), _digits_layers, default_split=9),
+    "mnist-cnn": Preset((1, 28, 28), _mnist_layers, default_split=9),
+    "cifar-cnn": Preset((3, 32, 32), _cifar_layers, default_split=13),
 }
 
 

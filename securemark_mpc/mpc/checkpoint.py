@@ -40,6 +40,8 @@ def save(
             "model": owner.model.state_dict(),
             "optimizer": owner.optimizer.state_dict(),
             "history": owner.history,
+            "revealed": owner.revealed.epochs,
+            "seen": owner.revealed.seen,
         }
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
@@ -71,4 +73,6 @@ def restore(
         owner.model.load_state_dict(state["owner"]["model"])
         owner.optimizer.load_state_dict(state["owner"]["optimizer"])
         owner.history[:] = state["owner"]["history"]
+        owner.revealed.epochs[:] = state["owner"]["revealed"]
+        owner.revealed.seen = state["owner"]["seen"]
     return int(state["epoch"])

@@ -10,6 +10,8 @@ Why each patch exists (see DESIGN.md, "Known CrypTen 0.4.1 pitfalls"):
 * CrypTen's conv2d backward always computes the input gradient, a full-size Beaver
   product, even for the first layer whose input is data. It is skipped when the
   input needs no gradient (and the kernel gradient when the kernel is public).
+* The quadratic activation x + a·x² gets its own autograd function with one
+  truncation each way (`securemark_mpc.mpc.fused_quadratic`).
 
 Everything else in the package gets CrypTen through :func:`load_crypten`.
 """
@@ -21,6 +23,8 @@ import functools
 import sys
 import types
 from typing import Any
+
+from securemark_mpc.mpc.fused_quadratic import register as register_fused_quadratic
 
 COMM_TIMEOUT_SECONDS = 45.0
 
@@ -144,5 +148,6 @@ def load_crypten(*, timeout_seconds: float = COMM_TIMEOUT_SECONDS) -> Any:
         import crypten
 
         _conv2d_backward_only_what_is_needed()
+        register_fused_quadratic(crypten)
         _crypten = crypten
     return _crypten

@@ -1,5 +1,8 @@
 """The TTP dealer: hands out correlated randomness (Beaver triples), never data.
 
+It answers one request at a time, or a whole batch's requests in one message
+(`securemark_mpc.mpc.prefetch`).
+
 CrypTen's own ``TTPServer`` swallows communication errors and returns normally, so a
 dealer that lost its peers would exit with status 0. This loop is CrypTen's, except
 that a broken connection is raised, and the caller exits non-zero naming the cause.
@@ -9,9 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from securemark_mpc.mpc.prefetch import BULK, serve_bulk
 from securemark_mpc.mpc.session import PartyFailure, PeerLost
 
 TRIPLE_KINDS = frozenset({"additive", "square", "binary", "wraps", "B2A"})
+
+
+def _check_kinds(kinds: list[str]) -> None:
+    unknown = sorted(set(kinds) - TRIPLE_KINDS)
+    if unknown:
+        raise PartyFailure(f"the model owner asked for unknown triple kinds {unknown}")
 
 
 def serve_triples(crypten: Any) -> None:
@@ -38,13 +48,18 @@ def serve_triples(crypten: Any) -> None:
                     ) from None
                 if message == "terminate":
                     return
-                if message["function"] not in TRIPLE_KINDS:
-                    raise PartyFailure(
-                        f"the model owner asked for an unknown triple kind {message['function']!r}"
+                if message["function"] == BULK:
+                    requests = message["requests"]
+                    _check_kinds([request[0] for request in requests])
+                    sizes, result = serve_bulk(self, requests)
+                    comm.send_obj(sizes, 0, self.ttp_group)
+                else:
+                    _check_kinds([message["function"]])
+                    self.device = message["device"]
+                    result = getattr(self, message["function"])(
+                        *message["args"], **message["kwargs"]
                     )
-                self.device = message["device"]
-                result = getattr(self, message["function"])(*message["args"], **message["kwargs"])
-                comm.send_obj(result.size(), 0, self.ttp_group)
+                    comm.send_obj(result.size(), 0, self.ttp_group)
                 comm.broadcast(result, ttp_rank, self.comm_group)
 
     Dealer().serve()

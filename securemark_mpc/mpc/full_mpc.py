@@ -15,7 +15,9 @@ import torch
 from tqdm import tqdm
 
 from securemark_mpc.models import build_model, save_model
+from securemark_mpc.mpc.prefetch import PrefetchingDealer
 from securemark_mpc.mpc.private_partition import encrypt_layers
+from securemark_mpc.mpc.private_sgd import PrivateSGD
 from securemark_mpc.mpc.protocol import SplitTrainer, batch_order
 from securemark_mpc.mpc.reveal import MODEL_OWNER, reveal
 from securemark_mpc.mpc.session import PartyFailure
@@ -46,9 +48,10 @@ class FullMpcTrainer(SplitTrainer):
         targets = crypten.cat(self._share_per_owner(shard_sizes, soft_targets, (num_classes,)))
         model = build_model(self.spec, seed=config.seed)
         encrypted = encrypt_layers(crypten, model, src=MODEL_OWNER)
-        optimizer = crypten.optim.SGD(
-            encrypted.parameters(), lr=config.learning_rate, momentum=config.momentum
+        optimizer = PrivateSGD(
+            crypten, encrypted.parameters(), lr=config.learning_rate, momentum=config.momentum
         )
+        dealer = PrefetchingDealer(crypten, rank=self.rank, enabled=config.provider == "ttp")
         loss_function = crypten.nn.CrossEntropyLoss()
         history = []
         for epoch in range(config.epochs):
@@ -59,16 +62,20 @@ class FullMpcTrainer(SplitTrainer):
             )
             batches = batches[: config.max_batches_per_epoch]
             began = time.perf_counter()
-            for indices in tqdm(
-                batches,
-                desc=f"full MPC epoch {epoch + 1}",
-                disable=not self.is_owner,
-                file=sys.stderr,
+            for number, indices in enumerate(
+                tqdm(
+                    batches,
+                    desc=f"full MPC epoch {epoch + 1}",
+                    disable=not self.is_owner,
+                    file=sys.stderr,
+                )
             ):
-                loss = loss_function(encrypted(images[indices]), targets[indices])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+                following = batches[number + 1] if number + 1 < len(batches) else None
+                with dealer.batch(len(indices), None if following is None else len(following)):
+                    loss = loss_function(encrypted(images[indices]), targets[indices])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
             history.append(
                 {
                     "epoch": epoch + 1,

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from securemark_mpc.mpc.session import role_name
+from securemark_mpc.mpc.auth import ensure_secret
+from securemark_mpc.mpc.session import SECRET_FILE_VARIABLE, role_name
+from securemark_mpc.progress import PROGRESS_VARIABLE, final_states
 from securemark_mpc.run_folder import RunFolder
 
 POLL_SECONDS = 0.1
@@ -86,13 +88,16 @@ class LaunchResult:
 
 
 def _tee(stream, log_path: Path, echo) -> None:  # type: ignore[no-untyped-def]
+    """Copy a party's output to its log (final line states only, no bar frames) and echo."""
+    pending = bytearray()
     with open(log_path, "ab") as log:
         for chunk in iter(lambda: stream.read1(4096), b""):
-            log.write(chunk)
+            log.write(final_states(pending, chunk))
             log.flush()
             if echo is not None:
                 echo.write(chunk)
                 echo.flush()
+        log.write(final_states(pending, b"\n"))
 
 
 def launch_local(
@@ -113,7 +118,8 @@ def launch_local(
     """Run all parties of `run` (its config.json must exist) and wait for them.
 
     When one party fails, the others get `grace_seconds` to notice and exit on their
-    own; any still running after that are killed and reported as hanging.
+    own; any still running after that are killed and reported as hanging. Every party
+    here shares the run folder, so they share its run secret (created if missing).
     `party_args` adds command-line arguments for single ranks (e.g. another --config);
     `wrap_command` lets a rank run elsewhere, e.g. in a network namespace, reaching the
     others at `rendezvous` (default: a free loopback port).
@@ -122,7 +128,14 @@ def launch_local(
     ranks = list(range(world_size + (1 if use_dealer else 0)))
     rendezvous = rendezvous or f"tcp://127.0.0.1:{free_port()}"
     (run.root / "logs").mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    secret = ensure_secret(run.secret_path)
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        SECRET_FILE_VARIABLE: str(secret.resolve()),
+        **(extra_env or {}),
+    }
+    show_bar = echo_owner and sys.stderr.isatty()  # the owner's bar goes to a person
     processes, tees = [], []
     started = time.monotonic()
     for rank in ranks:
@@ -141,7 +154,7 @@ def launch_local(
             command = wrap_command(rank, command)
         process = subprocess.Popen(
             command,
-            env=env,
+            env={**env, PROGRESS_VARIABLE: "bar"} if (show_bar and rank == 0) else env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -1,10 +1,14 @@
 """Run one party: the process each model owner, data owner or dealer starts.
 
     python -m securemark_mpc.mpc.party --rank R --world-size W --rendezvous URL --run RUN
+        [--data DIR | --test-data DIR] [--secret-file FILE]
 
 The settings come from RUN/config.json (written by the launcher or copied to each
-host). Exit status: 0 done, 1 a peer or the connection failed, 3 settings differ
-between parties, 4 this party's own error.
+host), the run secret from RUN/run.secret (or --secret-file). A data owner brings its
+own images with --data, the model owner its test set with --test-data; without them
+the party simulates its share of the run's one data set (local runs). Exit status: 0
+done, 1 a peer or the connection failed, 3 settings or data differ between parties,
+4 this party's own error, 5 authentication refused.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from securemark_mpc.config import TrainConfig
+from securemark_mpc.config import ConfigError, TrainConfig
+from securemark_mpc.data import DataError, PartyData, load_own_folder, simulated_party_data
+from securemark_mpc.mpc.auth import SecretFileError, read_secret
 from securemark_mpc.mpc.dealer import serve_triples
 from securemark_mpc.mpc.session import (
+    AuthenticationRefused,
     ConfigMismatch,
     Liveness,
     PartyAddress,
@@ -31,7 +38,7 @@ from securemark_mpc.mpc.session import (
 )
 from securemark_mpc.run_folder import RunFolder
 
-EXIT_PEER_FAILED, EXIT_CONFIG_MISMATCH, EXIT_OWN_ERROR = 1, 3, 4
+EXIT_PEER_FAILED, EXIT_CONFIG_MISMATCH, EXIT_OWN_ERROR, EXIT_REFUSED = 1, 3, 4, 5
 _CONNECTION_WORDS = ("connection", "gloo", "timed out", "timeout", "socket", "peer", "broken pipe")
 
 
@@ -51,11 +58,37 @@ def _trainer_class(engine: str) -> type:
     return {"split": SplitTrainer, "full": FullMpcTrainer}[engine]
 
 
+def party_data(address: PartyAddress, config: TrainConfig, folder: Path | None) -> PartyData:
+    """This party's own images: its folder if it brought one, else its simulated share."""
+    if folder is not None:
+        return load_own_folder(folder, dataset=config.data.dataset)
+    return simulated_party_data(
+        config.data,
+        rank=address.rank,
+        num_owners=config.data_owners,
+        scheme=config.partition,
+        seed=config.seed,
+    )
+
+
 def run_party(
-    *, address: PartyAddress, config: TrainConfig, run: RunFolder, resume: bool, argv: list[str]
+    *,
+    address: PartyAddress,
+    config: TrainConfig,
+    run: RunFolder,
+    resume: bool,
+    argv: list[str],
+    secret: bytes,
+    folder: Path | None = None,
 ) -> None:
-    """Start CrypTen, play this party's role, and exit naming whoever failed."""
+    """Load this party's data, start CrypTen, play its role, and exit naming whoever failed."""
     warn_if_not_loopback(address.rendezvous)
+    data = None
+    if not address.is_dealer:  # the dealer holds no data
+        try:
+            data = party_data(address, config, folder)
+        except (DataError, ConfigError) as error:
+            die(f"[{address.role}] cannot use its data: {error}", code=EXIT_OWN_ERROR)
     if config.provider == "tfp" and address.rank == 0:
         warnings.warn(
             "INSECURE: the TFP provider lets the model owner generate the Beaver triples and so "
@@ -64,8 +97,13 @@ def run_party(
         )
     try:
         crypten = start_crypten(
-            address, provider=config.provider, timeout_seconds=config.comm_timeout_seconds
+            address,
+            provider=config.provider,
+            timeout_seconds=config.comm_timeout_seconds,
+            secret=secret,
         )
+    except AuthenticationRefused as error:
+        die(f"[{address.role}] {error}", code=EXIT_REFUSED)
     except PartyFailure as error:
         die(f"[{address.role}] {error}", code=EXIT_PEER_FAILED)
     liveness = Liveness(address).start()
@@ -74,7 +112,7 @@ def run_party(
             serve_triples(crypten)
         else:
             trainer = _trainer_class(config.engine)(
-                crypten=crypten, config=config, address=address, run=run
+                crypten=crypten, config=config, address=address, run=run, data=data
             )
             trainer.train(resume=resume, argv=argv)
             crypten.uninit()
@@ -107,6 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from this party's last checkpoint"
     )
+    own = parser.add_mutually_exclusive_group()
+    own.add_argument(
+        "--data", type=Path, help="data owner: its own training images (image folder, IDX, ...)"
+    )
+    own.add_argument("--test-data", type=Path, help="model owner: its own test images")
+    parser.add_argument("--secret-file", type=Path, help="the run secret (default: RUN/run.secret)")
     args = parser.parse_args(argv)
     run = RunFolder(args.run)
     config = (
@@ -126,7 +170,23 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(
             f"--world-size must be data owners + 1 = {config.data_owners + 1} for this run"
         )
-    run_party(address=address, config=config, run=run, resume=args.resume, argv=sys.argv)
+    if args.data is not None and (args.rank == 0 or address.is_dealer):
+        parser.error(f"--data is for data owners; {address.role} takes --test-data or nothing")
+    if args.test_data is not None and args.rank != 0:
+        parser.error(f"--test-data is for the model owner (rank 0), not {address.role}")
+    try:
+        secret = read_secret(args.secret_file or run.secret_path)
+    except SecretFileError as error:
+        parser.error(str(error))
+    run_party(
+        address=address,
+        config=config,
+        run=run,
+        resume=args.resume,
+        argv=sys.argv,
+        secret=secret,
+        folder=args.data or args.test_data,
+    )
 
 
 if __name__ == "__main__":

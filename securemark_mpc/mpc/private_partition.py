@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from securemark_mpc.models.layers import Square
+from securemark_mpc.models.layers import Quadratic, Square
+from securemark_mpc.mpc.fused_quadratic import NAME as FUSED_QUADRATIC
 
 
 def _copy_parameters(converted: Any, layer: nn.Module) -> Any:
@@ -51,6 +52,17 @@ def _square(crypten: Any, layer: Square) -> Any:
     return SquareModule()
 
 
+def _quadratic(crypten: Any, layer: Quadratic) -> Any:
+    """x + a·x²: one Beaver square and one truncation (securemark_mpc.mpc.fused_quadratic)."""
+    a = layer.a
+
+    class QuadraticModule(crypten.nn.Module):
+        def forward(self, x: Any) -> Any:
+            return getattr(x, FUSED_QUADRATIC)(a)
+
+    return QuadraticModule()
+
+
 CONVERTERS: dict[type[nn.Module], Callable[[Any, Any], Any]] = {
     nn.Conv2d: _conv,
     nn.Linear: _linear,
@@ -58,6 +70,7 @@ CONVERTERS: dict[type[nn.Module], Callable[[Any, Any], Any]] = {
     nn.ReLU: lambda crypten, layer: crypten.nn.ReLU(),
     nn.Flatten: lambda crypten, layer: crypten.nn.Flatten(),
     Square: _square,
+    Quadratic: _quadratic,
 }
 
 
@@ -121,7 +134,13 @@ def encrypt_layers(crypten: Any, layers: nn.Sequential, *, src: int = 0) -> Any:
             ) from None
         modules[str(index)] = converter(crypten, layer)
         index += 1
-    model = crypten.nn.Sequential(OrderedDict(modules))
+    # Not Sequential(OrderedDict): CrypTen 0.4.1 then links each module to the characters
+    # of the previous name, which breaks at layer "10" and beyond.
+    model, previous = crypten.nn.Sequential(), ["input"]
+    for name, module in modules.items():
+        model.add_module(name, module, previous)
+        previous = [name]
+    model.output_names = previous
     model.encrypt(src=src)
     model.train()
     return model

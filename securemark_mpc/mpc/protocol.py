@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from securemark_mpc.config import TrainConfig
-from securemark_mpc.data import DatasetSplits, LabeledImages, load_splits, partition_shards
+from securemark_mpc.data import PartyData
 from securemark_mpc.models import (
     ModelSpec,
     build_model,
@@ -34,12 +33,54 @@ from securemark_mpc.models import (
     save_model,
 )
 from securemark_mpc.mpc import checkpoint
+from securemark_mpc.mpc.prefetch import PrefetchingDealer
 from securemark_mpc.mpc.private_partition import encrypt_layers
+from securemark_mpc.mpc.private_sgd import PrivateSGD
 from securemark_mpc.mpc.reveal import MODEL_OWNER, reveal
 from securemark_mpc.mpc.session import PartyAddress, PartyFailure, exchange_handshake
+from securemark_mpc.progress import progress_bar
 from securemark_mpc.run_folder import RunFolder
 
 EVAL_BATCH = 256
+# Keep every epoch's revealed activations (for the multi-epoch audit) up to this many values.
+HISTORY_VALUES = 25_000_000
+
+
+@dataclass
+class RevealedActivations:
+    """The activations the model owner received during training, by training row.
+
+    The last epoch's are cached in features.pt for fingerprinting, instead of revealing
+    the training set once more under the final weights (which would hand a white-box
+    attacker activations and weights that match exactly). Every epoch's are kept too
+    when small enough, for the audit's multi-epoch attacker.
+    """
+
+    epochs: list[torch.Tensor] = field(default_factory=list)  # (rows, *cut_shape) each
+    seen: torch.Tensor | None = None  # rows revealed in the last epoch
+
+    def start_epoch(self, *, rows: int, cut_shape: tuple[int, ...], keep_history: bool) -> None:
+        if not keep_history:
+            self.epochs.clear()
+        self.epochs.append(torch.zeros(rows, *cut_shape))
+        self.seen = torch.zeros(rows, dtype=torch.bool)
+
+    def record(self, rows: torch.Tensor, revealed: torch.Tensor) -> None:
+        assert self.seen is not None
+        self.epochs[-1][rows] = revealed
+        self.seen[rows] = True
+
+    def cache(self, labels: torch.Tensor) -> dict[str, Any]:
+        """features.pt: the last epoch's activations and labels of the rows it revealed."""
+        seen = self.seen if self.seen is not None else torch.zeros(len(labels), dtype=torch.bool)
+        last = self.epochs[-1] if self.epochs else torch.zeros(len(labels), 0)
+        payload: dict[str, Any] = {"features": last[seen], "labels": labels[seen]}
+        if len(self.epochs) > 1 and bool(seen.all()):
+            payload["history"] = {
+                "rows": torch.arange(len(labels)),
+                "views": torch.stack(self.epochs),
+            }
+        return payload
 
 
 @dataclass
@@ -50,6 +91,7 @@ class OwnerState:
     optimizer: torch.optim.Optimizer
     labels: torch.Tensor
     history: list[dict[str, float]] = field(default_factory=list)
+    revealed: RevealedActivations = field(default_factory=RevealedActivations)
 
 
 def batch_order(*, seed: int, epoch: int, size: int) -> torch.Tensor:
@@ -64,16 +106,6 @@ def _share_from(
     """Secret-share a tensor that only party `src` holds; the others pass its shape."""
     plain = value if rank == src else torch.zeros(shape)
     return crypten.cryptensor(plain, src=src)
-
-
-def _own_shard(config: TrainConfig, splits: DatasetSplits, rank: int) -> LabeledImages:
-    shards = partition_shards(
-        labels=splits.train.labels,
-        num_owners=config.data_owners,
-        scheme=config.partition,
-        seed=config.seed,
-    )
-    return splits.train.subset(shards[rank - 1])
 
 
 class PhaseProfile:
@@ -99,7 +131,13 @@ class SplitTrainer:
     """One computing party's view of a split-training run."""
 
     def __init__(
-        self, *, crypten: Any, config: TrainConfig, address: PartyAddress, run: RunFolder
+        self,
+        *,
+        crypten: Any,
+        config: TrainConfig,
+        address: PartyAddress,
+        run: RunFolder,
+        data: PartyData,
     ) -> None:
         self.crypten = crypten
         self.config = config
@@ -107,15 +145,15 @@ class SplitTrainer:
         self.address = address
         self.run = run
         self.is_owner = self.rank == MODEL_OWNER
-        splits = load_splits(config.data)
-        self.spec: ModelSpec = config.model_spec(splits)
-        self.test = splits.test if self.is_owner else None
-        self.shard = _own_shard(config, splits, self.rank) if not self.is_owner else None
+        # Each party holds only its own data: the owner its test set, a data owner its shard.
+        self.data = data
+        self.spec: ModelSpec = config.model_spec(data.info)
+        self.test = data.images if self.is_owner else None
+        self.shard = data.images if not self.is_owner else None
         # Reveal noise must be secret from the model owner: seeded from the OS, never from the config.
         self.noise_generator = torch.Generator().manual_seed(
             int.from_bytes(os.urandom(8), "little") >> 1
         )
-        del splits  # each party keeps only what its role holds
         self.profile = PhaseProfile(crypten)
 
     # -- set-up ---------------------------------------------------------------------
@@ -126,6 +164,7 @@ class SplitTrainer:
             self.crypten,
             self.address,
             digest=self.config.digest(),
+            data_settings=self.data.info.settings(),
             values=[own_size, resume_epoch, test_size],
         )
         epochs = {row[1] for row in rows}
@@ -182,9 +221,10 @@ class SplitTrainer:
             )
         model = build_model(self.spec, seed=config.seed)  # only the owner's values are used
         private = encrypt_layers(crypten, private_part(model, self.spec), src=MODEL_OWNER)
-        private_optimizer = crypten.optim.SGD(
-            private.parameters(), lr=config.learning_rate, momentum=config.momentum
+        private_optimizer = PrivateSGD(
+            crypten, private.parameters(), lr=config.learning_rate, momentum=config.momentum
         )
+        self.dealer = PrefetchingDealer(crypten, rank=self.rank, enabled=config.provider == "ttp")
         owner = None
         if self.is_owner:
             public = public_part(model, self.spec)
@@ -211,6 +251,11 @@ class SplitTrainer:
                 "train_loss": loss,
                 "train_accuracy": accuracy,
                 "seconds": seconds,
+                "batches": len(
+                    batch_order(seed=config.seed, epoch=epoch, size=total).split(config.batch_size)[
+                        : config.max_batches_per_epoch
+                    ]
+                ),
             }
             if config.eval_each_epoch:
                 record["test_accuracy"] = self._mpc_test_accuracy(private, test_images, owner)
@@ -230,13 +275,12 @@ class SplitTrainer:
             name: reveal(param, kind="final_weights", rank=self.rank)
             for name, param in private.named_parameters()
         }
-        features = self._cut_features(private, images)
         comm = self._communication_totals()
         if owner is None:
             return None
         private_part(owner.model, self.spec).load_state_dict(final_weights)
         return self._finish(
-            owner, features, comm, seconds=time.perf_counter() - start_seconds, argv=argv
+            owner, comm, train_size=total, seconds=time.perf_counter() - start_seconds, argv=argv
         )
 
     def _epoch(
@@ -257,44 +301,70 @@ class SplitTrainer:
             group["lr"] = self.config.learning_rate_at(epoch)
         order = batch_order(seed=self.config.seed, epoch=epoch, size=total)
         batches = order.split(self.config.batch_size)[: self.config.max_batches_per_epoch]
-        progress = tqdm(
-            batches,
-            desc=f"epoch {epoch + 1}/{self.config.epochs}",
-            unit="batch",
-            disable=owner is None,
-            file=sys.stderr,
-            leave=False,
+        if owner is not None:
+            cut_shape = self.spec.cut_shape
+            owner.revealed.start_epoch(
+                rows=total,
+                cut_shape=cut_shape,
+                keep_history=self.config.epochs * total * math.prod(cut_shape) <= HISTORY_VALUES,
+            )
+        progress = progress_bar(
+            batches, desc=f"epoch {epoch + 1}/{self.config.epochs}", enabled=owner is not None
         )
         loss_sum, correct = 0.0, 0
         phase = self.profile.phase
-        for indices in progress:
-            with phase("private forward (MPC)"):
-                hidden = private(images[indices])
-                noised = self._noised(hidden)
-            with phase("reveal to owner"):
-                revealed = reveal(noised, kind="activations", rank=self.rank)
-            gradient = None
-            with phase("owner plaintext step"):
-                if owner is not None:
-                    gradient, loss, hits = self._owner_step(owner, revealed, owner.labels[indices])
-                    loss_sum += loss * len(indices)
-                    correct += hits
-                    progress.set_postfix(loss=f"{loss:.3f}")
-            with phase("share gradient"):
-                shared_gradient = _share_from(
-                    self.crypten,
-                    rank=self.rank,
-                    src=MODEL_OWNER,
-                    value=None if gradient is None else gradient * scale,
-                    shape=tuple(hidden.size()),
-                )
-            with phase("private backward (MPC)"):
-                optimizer.zero_grad()
-                hidden.backward(shared_gradient)
-            with phase("private update (MPC)"):
-                optimizer.step()
+        for number, indices in enumerate(progress):
+            with contextlib.ExitStack() as batch:
+                with phase("dealer material (bulk)"):
+                    following = batches[number + 1] if number + 1 < len(batches) else None
+                    batch.enter_context(
+                        self.dealer.batch(
+                            len(indices), None if following is None else len(following)
+                        )
+                    )
+                loss, hits = self._batch(indices, images, private, optimizer, owner)
+            loss_sum, correct = loss_sum + loss * len(indices), correct + hits
+            if owner is not None:
+                progress.set_postfix(loss=f"{loss:.3f}")
         progress.close()
         return loss_sum / total, correct / total
+
+    def _batch(
+        self,
+        indices: torch.Tensor,
+        images: Any,
+        private: Any,
+        optimizer: Any,
+        owner: OwnerState | None,
+    ) -> tuple[float, int]:
+        """One training batch: private forward, reveal, owner step, private backward,
+        update. Returns the owner's loss and correct predictions (0 elsewhere)."""
+        scale = float(self.config.batch_size)
+        phase = self.profile.phase
+        with phase("private forward (MPC)"):
+            hidden = private(images[indices])
+            noised = self._noised(hidden)
+        with phase("reveal to owner"):
+            revealed = reveal(noised, kind="activations", rank=self.rank)
+        gradient, loss, hits = None, 0.0, 0
+        with phase("owner plaintext step"):
+            if owner is not None:
+                owner.revealed.record(indices, revealed)
+                gradient, loss, hits = self._owner_step(owner, revealed, owner.labels[indices])
+        with phase("share gradient"):
+            shared_gradient = _share_from(
+                self.crypten,
+                rank=self.rank,
+                src=MODEL_OWNER,
+                value=None if gradient is None else gradient * scale,
+                shape=tuple(hidden.size()),
+            )
+        with phase("private backward (MPC)"):
+            optimizer.zero_grad()
+            hidden.backward(shared_gradient)
+        with phase("private update (MPC)"):
+            optimizer.step()
+        return loss, hits
 
     def _owner_step(self, owner: OwnerState, revealed: torch.Tensor, labels: torch.Tensor):
         revealed = revealed.detach().requires_grad_(True)
@@ -332,24 +402,18 @@ class SplitTrainer:
             )
         return hidden
 
-    def _forward_reveal(
-        self, private: Any, images: Any, *, private_data: bool
-    ) -> torch.Tensor | None:
-        """Forward-only private pass in batches, revealed to the owner (eval, features).
-
-        Activations of the data owners' images get the reveal noise; those of the
-        owner's own test images need none.
-        """
+    def _forward_reveal(self, private: Any, images: Any) -> torch.Tensor | None:
+        """Forward-only private pass in batches over the owner's own test images (which
+        need no reveal noise), revealed to the owner."""
         chunks = []
         with self.crypten.no_grad():
             for start in range(0, images.size(0), EVAL_BATCH):
                 hidden = private(images[start : start + EVAL_BATCH])
-                hidden = self._noised(hidden) if private_data else hidden
                 chunks.append(reveal(hidden, kind="activations", rank=self.rank))
         return torch.cat(chunks) if self.is_owner and chunks else None
 
     def _mpc_test_accuracy(self, private: Any, test_images: Any, owner: OwnerState | None) -> float:
-        revealed = self._forward_reveal(private, test_images, private_data=False)
+        revealed = self._forward_reveal(private, test_images)
         if owner is None:
             return float("nan")
         public = public_part(owner.model, self.spec)
@@ -358,10 +422,6 @@ class SplitTrainer:
             predictions = public(revealed).argmax(dim=1)
         assert self.test is not None
         return float((predictions == self.test.labels).float().mean())
-
-    def _cut_features(self, private: Any, images: Any) -> torch.Tensor | None:
-        """The training set's cut-layer features under the final weights, for fingerprinting."""
-        return self._forward_reveal(private, images, private_data=True)
 
     def _communication_totals(self) -> dict[str, Any]:
         """CrypTen's byte and round counters summed over the computing parties, and
@@ -380,13 +440,13 @@ class SplitTrainer:
     def _finish(
         self,
         owner: OwnerState,
-        features: torch.Tensor | None,
         comm: dict[str, float],
         *,
+        train_size: int,
         seconds: float,
         argv: list[str],
     ) -> dict[str, Any]:
-        assert self.test is not None and features is not None
+        assert self.test is not None
         owner.model.eval()
         with torch.no_grad():
             predictions = owner.model(self.test.images).argmax(dim=1)
@@ -398,10 +458,10 @@ class SplitTrainer:
             **comm,
             "private_nonlinear_elements_per_sample": self.spec.private_nonlinear_elements(),
             "profile_owner": self.profile.totals,
-            "train_size": int(features.shape[0]),
+            "train_size": train_size,
             "test_size": len(self.test),
         }
         save_model(self.run.model_path, model=owner.model, spec=self.spec)
-        torch.save({"features": features, "labels": owner.labels}, self.run.features_path)
+        torch.save(owner.revealed.cache(owner.labels), self.run.features_path)
         self.run.write_json("metrics.json", metrics)
         return metrics

@@ -1,7 +1,9 @@
-"""One party's connection to the others: roles, CrypTen start-up, handshake, liveness.
+"""One party's connection to the others: roles, authenticated CrypTen start-up,
+handshake, liveness.
 
 This is the transport seam: protocol code talks to CrypTen's communicator; only this
-module touches ``torch.distributed`` directly (its rendezvous store, for heartbeats).
+module touches ``torch.distributed`` directly (its rendezvous store, for authentication
+and heartbeats).
 
 Ranks: 0 is the model owner, 1..k are the data owners, and rank k+1 is CrypTen's TTP
 dealer (absent with the insecure TFP provider).
@@ -9,17 +11,29 @@ dealer (absent with the insecure TFP provider).
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import hashlib
 import os
 import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
 
+from securemark_mpc.mpc.auth import (
+    AuthenticationFailure,
+    PartyMissing,
+    RunAuthenticator,
+    SecretFileError,
+    read_secret,
+)
 from securemark_mpc.mpc.crypten_shim import load_crypten
 
 HEARTBEAT_SECONDS = 0.5
@@ -27,6 +41,7 @@ DIAGNOSIS_WAIT_SECONDS = 3.0
 LINGER_SECONDS = 2.0
 _PREFIX = "securemark"
 VERDICT_KEY = f"{_PREFIX}/verdict"
+SECRET_FILE_VARIABLE = "SECUREMARK_SECRET_FILE"
 
 
 class PartyFailure(RuntimeError):
@@ -39,6 +54,10 @@ class ConfigMismatch(PartyFailure):
 
 class PeerLost(PartyFailure):
     """Communication with another party broke; the liveness diagnosis names whom."""
+
+
+class AuthenticationRefused(PartyFailure):
+    """A party did not prove that it knows the run secret, or claimed a taken rank."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +98,77 @@ def warn_if_not_loopback(rendezvous: str) -> None:
         )
 
 
-def start_crypten(address: PartyAddress, *, provider: str, timeout_seconds: float) -> Any:
-    """Set CrypTen's environment and provider, then initialise its communicator."""
+def open_store(address: PartyAddress, *, parties: int, timeout_seconds: float) -> Any:
+    """The rendezvous store: hosted by the model owner (tcp://) or a shared file (file://)."""
+    from torch.distributed import FileStore, TCPStore
+
+    url = urlparse(address.rendezvous)
+    if url.scheme == "tcp" and url.hostname and url.port:
+        return TCPStore(
+            url.hostname,
+            url.port,
+            is_master=address.rank == 0,
+            timeout=datetime.timedelta(seconds=timeout_seconds),
+            wait_for_workers=False,
+        )
+    if url.scheme == "file" and url.path:
+        return FileStore(url.path, parties)
+    raise PartyFailure(
+        f"{address.role}: rendezvous {address.rendezvous!r} must be tcp://HOST:PORT or file:///PATH"
+    )
+
+
+def secret_from_environment() -> bytes:
+    """The run secret named by $SECUREMARK_SECRET_FILE (the local launcher sets it)."""
+    path = os.environ.get(SECRET_FILE_VARIABLE)
+    if not path:
+        raise PartyFailure(
+            f"no run secret: pass --secret-file, or set {SECRET_FILE_VARIABLE}; "
+            "parties/make_config.py writes RUN/run.secret"
+        )
+    try:
+        return read_secret(Path(path))
+    except SecretFileError as error:
+        raise PartyFailure(str(error)) from None
+
+
+@contextlib.contextmanager
+def _process_group_on(store: Any, *, then: Callable[[], None]) -> Iterator[None]:
+    """Make CrypTen's process group use `store` (already authenticated), then run `then`
+    on the new connections before CrypTen sends anything over them (its PRNG seeds)."""
+    import torch.distributed as dist
+
+    original = dist.init_process_group
+
+    def init(*, backend: str, world_size: int, rank: int, **options: Any) -> None:
+        options.pop("init_method", None)
+        original(backend=backend, store=store, world_size=world_size, rank=rank, **options)
+        then()
+
+    dist.init_process_group = init
+    try:
+        yield
+    finally:
+        dist.init_process_group = original
+
+
+def _confirm_channels(gate: RunAuthenticator) -> None:
+    import torch.distributed as dist
+
+    mine = torch.tensor(list(gate.channel_tag()), dtype=torch.uint8)
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    gate.check_channel_tags([bytes(tag.tolist()) for tag in gathered])
+
+
+def start_crypten(
+    address: PartyAddress, *, provider: str, timeout_seconds: float, secret: bytes | None = None
+) -> Any:
+    """Authenticate every party, then set CrypTen's provider and initialise its communicator.
+
+    No share flows before each rank has proven that it knows the run `secret` (default:
+    the file named by $SECUREMARK_SECRET_FILE), see :mod:`securemark_mpc.mpc.auth`.
+    """
     os.environ.update(
         RANK=str(address.rank),
         WORLD_SIZE=str(address.world_size),
@@ -89,11 +177,32 @@ def start_crypten(address: PartyAddress, *, provider: str, timeout_seconds: floa
     )
     # One intra-op thread per party: several parties share the cores of one machine.
     torch.set_num_threads(int(os.environ.get("SECUREMARK_THREADS", "1")))
+    secret = secret if secret is not None else secret_from_environment()
     crypten = load_crypten(timeout_seconds=timeout_seconds)
     crypten.cfg.mpc.provider = provider.upper()
     crypten.cfg.communicator.verbose = True  # count rounds and bytes
+    parties = address.world_size + (1 if address.use_dealer else 0)
     try:
-        crypten.init()
+        store = open_store(address, parties=parties, timeout_seconds=timeout_seconds)
+        gate = RunAuthenticator(
+            store=store,
+            rank=address.rank,
+            parties=parties,
+            secret=secret,
+            describe=lambda rank: role_name(rank, address.world_size),
+            join_seconds=timeout_seconds,
+        )
+        gate.authenticate()
+        with _process_group_on(store, then=lambda: _confirm_channels(gate)):
+            crypten.init()
+    except AuthenticationFailure as error:
+        if address.rank == 0:
+            time.sleep(LINGER_SECONDS)  # keep the store up while the others read the refusal
+        raise AuthenticationRefused(f"refuses to go on: {error}") from None
+    except PartyMissing as error:
+        raise PartyFailure(f"{address.role} cannot start: {error}") from None
+    except PartyFailure:
+        raise
     except (RuntimeError, ValueError) as error:
         raise PartyFailure(
             f"{address.role} could not reach the others at {address.rendezvous}: {error}"
@@ -189,30 +298,52 @@ class Liveness:
             time.sleep(LINGER_SECONDS)  # keep the store up while the others read it
 
 
-def exchange_handshake(
-    crypten: Any, address: PartyAddress, *, digest: str, values: list[int]
-) -> list[list[int]]:
-    """All computing parties swap their config digest and a few integers.
+def _words(text: str) -> list[int]:
+    """A SHA-256 digest of `text` as four 56-bit integers (they fit a long tensor)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [int.from_bytes(digest[i : i + 7], "big") for i in range(0, 28, 7)]
 
-    Returns every party's integers (e.g. shard sizes, resume epoch). A digest that
-    differs from the model owner's stops all parties with ConfigMismatch.
+
+def exchange_handshake(
+    crypten: Any,
+    address: PartyAddress,
+    *,
+    digest: str,
+    data_settings: dict[str, str],
+    values: list[int],
+) -> list[list[int]]:
+    """All computing parties swap their config digest, data settings and a few integers.
+
+    Returns every party's integers (e.g. shard sizes, resume epoch). A config digest or
+    a data setting (image shape, class names, normalisation) that differs from the model
+    owner's stops all parties with ConfigMismatch, naming who differs and in what.
     """
-    digest_words = [
-        int.from_bytes(bytes.fromhex(digest)[i : i + 7], "big") for i in range(0, 28, 7)
-    ]
-    mine = torch.tensor(digest_words + list(values), dtype=torch.long)
+    names = sorted(data_settings)
+    checked = {"settings": digest, **{name: data_settings[name] for name in names}}
+    mine = torch.tensor(
+        [word for text in checked.values() for word in _words(text)] + list(values),
+        dtype=torch.long,
+    )
     gathered = crypten.communicator.get().all_gather(mine)
-    reference = gathered[0][: len(digest_words)]
-    mismatched = [
-        r for r, row in enumerate(gathered) if not torch.equal(row[: len(digest_words)], reference)
+    width = 4 * len(checked)
+    differences = [
+        (rank, what)
+        for index, what in enumerate(checked)
+        for rank, row in enumerate(gathered)
+        if not torch.equal(row[4 * index : 4 * index + 4], gathered[0][4 * index : 4 * index + 4])
     ]
-    if mismatched:
-        names = ", ".join(role_name(r, address.world_size) for r in mismatched)
-        raise ConfigMismatch(
-            f"configuration mismatch: {names} started with settings different from the model owner's "
-            "(compare their config.json); every party stops"
+    if differences:
+        if any(what == "settings" for _, what in differences):
+            hint = "compare their config.json"
+        else:
+            hint = "this party has " + "; ".join(f"{k} {v}" for k, v in data_settings.items())
+        named = ", ".join(
+            f"{role_name(rank, address.world_size)} differs in {what}" for rank, what in differences
         )
-    return [row[len(digest_words) :].tolist() for row in gathered]
+        raise ConfigMismatch(
+            f"configuration mismatch with the model owner: {named} ({hint}); every party stops"
+        )
+    return [row[width:].tolist() for row in gathered]
 
 
 def die(message: str, *, code: int = 1) -> None:

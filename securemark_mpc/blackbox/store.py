@@ -1,0 +1,216 @@
+"""The run folder's black-box material, and the steps that use it: issue, export, verify.
+
+RUN/blackbox_key.json      the black-box key (mode 0600)
+RUN/blackbox_queries.npz   the keyed queries (array ``images``; mode 0600)
+
+Both are made once per run, on first use, from the unmarked model and the owner's own
+images (the test split, which the model owner holds), under a lock so that concurrent
+issues cannot make two different keys.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from securemark_mpc.blackbox.embed import embed_behaviour
+from securemark_mpc.blackbox.key import (
+    BehaviourConfig,
+    BlackboxKey,
+    codeword_for,
+    load_key,
+    sample_code_biases,
+    save_key,
+    split_seed,
+    target_labels,
+)
+from securemark_mpc.blackbox.protocol import EndpointClient
+from securemark_mpc.blackbox.queries import QuerySet, base_indices, make_queries
+from securemark_mpc.blackbox.trace import read_answers, trace_answers
+from securemark_mpc.config import ConfigError
+from securemark_mpc.data import LabeledImages, load_splits
+from securemark_mpc.fingerprint.key import fresh_seed
+from securemark_mpc.fingerprint.trace import TraceReport
+from securemark_mpc.models import ModelSpec, private_part
+from securemark_mpc.models.model_file import read_run_spec
+from securemark_mpc.registry import Registry
+from securemark_mpc.run_folder import RunFolder
+
+KEY_NAME = "blackbox_key.json"
+QUERIES_NAME = "blackbox_queries.npz"
+
+
+def key_path(run: RunFolder) -> Path:
+    return run.root / KEY_NAME
+
+
+def queries_path(run: RunFolder) -> Path:
+    return run.root / QUERIES_NAME
+
+
+@contextmanager
+def _lock(run: RunFolder) -> Iterator[None]:
+    fd = os.open(run.root / ".blackbox.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def write_query_images(path: Path, images: torch.Tensor, *, mode: int = 0o644) -> None:
+    """An .npz holding only ``images`` (float32, N×C×H×W): what may be shown to a suspect."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), mode)
+        np.savez(handle, images=images.numpy().astype(np.float32))
+    os.replace(temporary, path)
+
+
+def _read_query_images(path: Path, key: BlackboxKey) -> torch.Tensor:
+    if not path.is_file():
+        raise ConfigError(f"{path}: the run's keyed queries are missing")
+    with np.load(path, allow_pickle=False) as archive:
+        images = torch.from_numpy(archive["images"])
+    if len(images) != key.length:
+        raise ConfigError(f"{path}: {len(images)} queries, the black-box key expects {key.length}")
+    return images
+
+
+def load_blackbox(run: RunFolder) -> tuple[BlackboxKey, QuerySet]:
+    """The run's black-box key and queries; ConfigError if the run has none yet."""
+    key = load_key(key_path(run))
+    images = _read_query_images(queries_path(run), key)
+    return key, QuerySet(
+        images=images, first=torch.tensor(key.first), second=torch.tensor(key.second)
+    )
+
+
+def owner_bases(run: RunFolder, *, seed: int) -> LabeledImages:
+    """The owner's images that the queries mix: a keyed half of its test split."""
+    owner = load_splits(run.load_config().data).test
+    return owner.subset(base_indices(len(owner), seed=seed))
+
+
+def ensure_blackbox(
+    *,
+    run: RunFolder,
+    model: nn.Module,
+    config: BehaviourConfig | None = None,
+    seed: int | None = None,
+) -> tuple[BlackboxKey, QuerySet]:
+    """The run's key and queries, made on first use from ``model`` (the unmarked one).
+
+    ``seed`` makes the key reproducible (tests, benchmarks); by default it comes from
+    OS entropy. ``config`` only matters when the key is made.
+    """
+    run.root.mkdir(parents=True, exist_ok=True)
+    with _lock(run):
+        if key_path(run).exists():
+            return load_blackbox(run)
+        config = config or BehaviourConfig()
+        query_seed, codeword_seed, bias_seed = split_seed(fresh_seed() if seed is None else seed)
+        bases = owner_bases(run, seed=query_seed)
+        queries = make_queries(
+            model=model,
+            images=bases.images,
+            labels=bases.labels,
+            count=config.queries,
+            seed=query_seed,
+        )
+        key = BlackboxKey(
+            query_seed=query_seed,
+            codeword_seed=codeword_seed,
+            biases=tuple(sample_code_biases(config=config, seed=bias_seed).tolist()),
+            code=config.code,
+            embed=config.embed,
+            first=tuple(queries.first.tolist()),
+            second=tuple(queries.second.tolist()),
+        )
+        write_query_images(queries_path(run), queries.images, mode=0o600)
+        save_key(key_path(run), key)  # last: a key on disk means the queries are there too
+        return key, queries
+
+
+def mark_copy(
+    *,
+    run: RunFolder,
+    unmarked: nn.Sequential,
+    model: nn.Sequential,
+    spec: ModelSpec,
+    index: int,
+    features: torch.Tensor,
+    carrier: str,
+    seed: int | None = None,
+) -> nn.Sequential:
+    """Customer ``index``'s behavioural mark on ``model`` (its weight-marked copy).
+
+    The run's queries are made from ``unmarked`` on first use; ``carrier`` (the weight
+    mark's carrier tensor) is left alone. The copy keeps its logits on the cached
+    training features and on the owner's images that the queries mix.
+    """
+    key, queries = ensure_blackbox(run=run, model=unmarked, seed=seed)
+    with torch.no_grad():
+        bases = private_part(unmarked, spec)(owner_bases(run, seed=key.query_seed).images)
+    targets = torch.from_numpy(target_labels(key=key, codeword=codeword_for(key=key, index=index)))
+    marked, _ = embed_behaviour(
+        model=model,
+        spec=spec,
+        queries=queries.images,
+        targets=targets,
+        features=torch.cat([features.float(), bases]),
+        config=key.embed,
+        carrier=carrier,
+    )
+    return marked
+
+
+def registered_codewords(run: RunFolder, key: BlackboxKey) -> tuple[list[str], np.ndarray]:
+    """Names and behavioural codewords (n × m) of the registered customers, by index."""
+    if not run.registry_path.exists():  # verifying must not create a registry
+        return [], np.zeros((0, key.length), dtype=np.uint8)
+    customers = Registry(run.registry_path).customers()
+    if not customers:
+        return [], np.zeros((0, key.length), dtype=np.uint8)
+    codewords = np.stack([codeword_for(key=key, index=c.index) for c in customers])
+    return [c.name for c in customers], codewords
+
+
+@dataclass(frozen=True)
+class AnswerSource:
+    """Where the suspect's answers come from: an answers file or a served model's URL."""
+
+    answers: Path | None = None
+    endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.answers is None) == (self.endpoint is None):
+            raise ConfigError("give exactly one of --answers FILE and --endpoint URL")
+
+    def __str__(self) -> str:
+        return str(self.answers) if self.answers is not None else str(self.endpoint)
+
+    def labels(self, queries: QuerySet, *, num_classes: int) -> np.ndarray:
+        if self.answers is not None:
+            return read_answers(self.answers, count=len(queries), num_classes=num_classes)
+        client = EndpointClient(url=str(self.endpoint))
+        return client.labels(queries.images.numpy(), num_classes=num_classes)
+
+
+def verify_answers(*, run: RunFolder, source: AnswerSource) -> tuple[TraceReport, int]:
+    """Trace a suspect from its answers on the run's queries; also return the customer count."""
+    key, queries = load_blackbox(run)
+    spec = read_run_spec(run.model_path)
+    labels = source.labels(queries, num_classes=spec.num_classes)
+    names, codewords = registered_codewords(run, key)
+    return trace_answers(key=key, labels=labels, names=names, codewords=codewords), len(names)
