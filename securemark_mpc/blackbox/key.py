@@ -13,7 +13,6 @@ customer's answers.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 
 from securemark_mpc.config import ConfigError
 from securemark_mpc.fingerprint.codes import CodeConfig, sample_biases, sample_codeword
+from securemark_mpc.fingerprint.key import write_owner_only_json
 
 KEY_FORMAT = "securemark-blackbox-key/1"
 _SEED_WORDS = 4  # 128-bit seeds
@@ -153,14 +153,8 @@ def target_labels(*, key: BlackboxKey, codeword: np.ndarray) -> np.ndarray:
 
 
 def save_key(path: Path, key: BlackboxKey) -> None:
-    """Write the key as JSON, readable by the owner only, atomically."""
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        json.dump(key.to_json(), handle)
-        handle.write("\n")
-    os.replace(temporary, path)
+    """Write the key, readable by the owner only."""
+    write_owner_only_json(path, key.to_json())
 
 
 def load_key(path: Path) -> BlackboxKey:

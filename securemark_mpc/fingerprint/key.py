@@ -194,15 +194,20 @@ def codeword_for(*, key: FingerprintKey, index: int) -> np.ndarray:
     return sample_codeword(biases=key.bias_array(), rng=rng)
 
 
-def save_key(path: Path, key: FingerprintKey) -> None:
-    """Write the key as JSON, readable by the owner only, atomically."""
+def write_owner_only_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write key material as JSON, readable by the owner only (0600), atomically."""
     temporary = path.with_name(path.name + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         os.fchmod(handle.fileno(), 0o600)
-        json.dump(key.to_json(), handle, indent=2)
+        json.dump(payload, handle, indent=2)
         handle.write("\n")
     os.replace(temporary, path)
+
+
+def save_key(path: Path, key: FingerprintKey) -> None:
+    """Write the key, readable by the owner only."""
+    write_owner_only_json(path, key.to_json())
 
 
 def load_key(path: Path) -> FingerprintKey:
