@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from securemark_mpc.attacks.base import Attack, AttackContext, register, train_on_aux
-from securemark_mpc.fingerprint.subspace import excited_subspace
+from securemark_mpc.subspace import excited_subspace
 
 # Fine-tuning after the surgery: as FTAL (Adi et al. 2018), lr 1e-3; Liu et al. 2018
 # fine-tune for a few epochs only, to keep the pruned model's accuracy.

@@ -29,8 +29,8 @@ from torch import nn
 
 from securemark_mpc.fingerprint.extract import project
 from securemark_mpc.fingerprint.key import FingerprintKey, projection_matrix
-from securemark_mpc.fingerprint.subspace import excited_subspace
 from securemark_mpc.models import ModelSpec, public_part
+from securemark_mpc.subspace import excited_subspace
 
 WEIGHTS_PER_BIT = 8  # 304 bits on digits' 256 hidden units: the 10 directions of 99% energy
 
