@@ -251,11 +251,7 @@ class SplitTrainer:
                 "train_loss": loss,
                 "train_accuracy": accuracy,
                 "seconds": seconds,
-                "batches": len(
-                    batch_order(seed=config.seed, epoch=epoch, size=total).split(config.batch_size)[
-                        : config.max_batches_per_epoch
-                    ]
-                ),
+                "batches": len(self._batches(epoch, total)),
             }
             if config.eval_each_epoch:
                 record["test_accuracy"] = self._mpc_test_accuracy(private, test_images, owner)
@@ -283,6 +279,11 @@ class SplitTrainer:
             owner, comm, train_size=total, seconds=time.perf_counter() - start_seconds, argv=argv
         )
 
+    def _batches(self, epoch: int, total: int) -> list[torch.Tensor]:
+        """This epoch's batches of training rows (benchmarks may time only the first few)."""
+        order = batch_order(seed=self.config.seed, epoch=epoch, size=total)
+        return list(order.split(self.config.batch_size))[: self.config.max_batches_per_epoch]
+
     def _epoch(
         self,
         epoch: int,
@@ -299,8 +300,7 @@ class SplitTrainer:
             group["lr"] = self.config.learning_rate_at(epoch) / scale
         for group in owner.optimizer.param_groups if owner else []:
             group["lr"] = self.config.learning_rate_at(epoch)
-        order = batch_order(seed=self.config.seed, epoch=epoch, size=total)
-        batches = order.split(self.config.batch_size)[: self.config.max_batches_per_epoch]
+        batches = self._batches(epoch, total)
         if owner is not None:
             cut_shape = self.spec.cut_shape
             owner.revealed.start_epoch(
