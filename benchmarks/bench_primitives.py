@@ -50,7 +50,7 @@ from securemark_mpc.models.layers import (  # noqa: E402
     QUAD_COEFFICIENT,
     build_layer,
 )
-from securemark_mpc.mpc.launcher import launch_local  # noqa: E402
+from securemark_mpc.mpc.launcher import launch_local, parse_party_arguments  # noqa: E402
 from securemark_mpc.mpc.prefetch import PrefetchingDealer  # noqa: E402
 from securemark_mpc.run_folder import RunFolder  # noqa: E402
 
@@ -221,16 +221,10 @@ def _time_primitive(
 def worker(argv: list[str]) -> None:
     """One party: start CrypTen like `securemark_mpc.mpc.party`, then time or deal."""
     from securemark_mpc.mpc.dealer import serve_triples
-    from securemark_mpc.mpc.session import PartyAddress, start_crypten
+    from securemark_mpc.mpc.session import start_crypten
 
-    parser = argparse.ArgumentParser()
-    for name in ("--rank", "--world-size"):
-        parser.add_argument(name, type=int, required=True)
-    parser.add_argument("--rendezvous", required=True)
-    parser.add_argument("--run", type=Path, required=True)
-    args = parser.parse_args(argv)
-    plan = json.loads((args.run / "plan.json").read_text())
-    address = PartyAddress(rank=args.rank, world_size=args.world_size, rendezvous=args.rendezvous)
+    address, run_root = parse_party_arguments(argv)
+    plan = json.loads((run_root / "plan.json").read_text())
     crypten = start_crypten(address, provider="ttp", timeout_seconds=120)
     if address.is_dealer:
         serve_triples(crypten)
@@ -256,7 +250,7 @@ def worker(argv: list[str]) -> None:
                 dealer.close()
     crypten.uninit()
     if address.rank == 0:
-        (args.run / "primitives.json").write_text(json.dumps(results, indent=2))
+        (run_root / "primitives.json").write_text(json.dumps(results, indent=2))
 
 
 # -- the parent ------------------------------------------------------------------------
@@ -415,7 +409,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     calls, reps = (5, 7) if args.long else (2, 3)
-    names = args.only or list(primitives())
+    known = list(primitives())
+    unknown = sorted(set(args.only or []) - set(known))
+    if unknown:
+        parser.error(f"unknown primitive(s) {unknown}; known: {known}")
+    names = args.only or known
     results: dict[str, Any] = {
         "method": "real party processes on this machine through the launcher; rank 0 times "
         f"{calls} calls per repetition, {reps} repetitions, after one warm-up call",

@@ -7,7 +7,6 @@ its forward and backward pass against plain PyTorch within fixed-point tolerance
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -111,16 +110,11 @@ def test_quad_under_mpc_matches_plaintext(tmp_path):
 def _party(argv: list[str]) -> None:
     """One party of the MPC test: share x, run quad forward and backward, reveal to rank 0."""
     from securemark_mpc.mpc.dealer import serve_triples
+    from securemark_mpc.mpc.launcher import parse_party_arguments
     from securemark_mpc.mpc.private_partition import encrypt_layers
-    from securemark_mpc.mpc.session import PartyAddress, start_crypten
+    from securemark_mpc.mpc.session import start_crypten
 
-    parser = argparse.ArgumentParser()
-    for name in ("--rank", "--world-size"):
-        parser.add_argument(name, type=int, required=True)
-    parser.add_argument("--rendezvous", required=True)
-    parser.add_argument("--run", type=Path, required=True)
-    args = parser.parse_args(argv)
-    address = PartyAddress(rank=args.rank, world_size=args.world_size, rendezvous=args.rendezvous)
+    address, run_root = parse_party_arguments(argv)
     crypten = start_crypten(address, provider="ttp", timeout_seconds=120)
     if address.is_dealer:
         serve_triples(crypten)
@@ -135,7 +129,7 @@ def _party(argv: list[str]) -> None:
     crypten.uninit()
     if address.rank == 0:
         payload = {"forward": forward.tolist(), "backward": backward.tolist()}
-        (args.run / "quad.json").write_text(json.dumps(payload))
+        (run_root / "quad.json").write_text(json.dumps(payload))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ each writes RUN/logs/rankR.log, and when one fails the result names it.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from securemark_mpc.mpc.auth import ensure_secret
-from securemark_mpc.mpc.session import SECRET_FILE_VARIABLE, role_name
+from securemark_mpc.mpc.session import SECRET_FILE_VARIABLE, PartyAddress, role_name
 from securemark_mpc.progress import PROGRESS_VARIABLE, final_states
 from securemark_mpc.run_folder import RunFolder
 
@@ -98,6 +99,22 @@ def _tee(stream, log_path: Path, echo) -> None:  # type: ignore[no-untyped-def]
                 echo.write(chunk)
                 echo.flush()
         log.write(final_states(pending, b"\n"))
+
+
+def parse_party_arguments(argv: list[str]) -> tuple[PartyAddress, Path]:
+    """The address and run folder that `launch_local` passes every rank.
+
+    For custom party entry points (benchmarks, MPC unit tests) that `wrap_command`
+    starts in place of `securemark_mpc.mpc.party`; other arguments are ignored.
+    """
+    parser = argparse.ArgumentParser()
+    for name in ("--rank", "--world-size"):
+        parser.add_argument(name, type=int, required=True)
+    parser.add_argument("--rendezvous", required=True)
+    parser.add_argument("--run", type=Path, required=True)
+    args, _ = parser.parse_known_args(argv)
+    address = PartyAddress(rank=args.rank, world_size=args.world_size, rendezvous=args.rendezvous)
+    return address, args.run
 
 
 def launch_local(
