@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import platform
 import resource
 import statistics
@@ -230,13 +231,21 @@ def machine() -> dict[str, Any]:
         ),
         platform.processor() or "unknown",
     )
-    return {"cores": multiprocessing.cpu_count(), "cpu": model, "python": platform.python_version()}
+    return {
+        "cores": multiprocessing.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        # the machine may be shared: other processes' load slows the 4 MPC processes most
+        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+    }
 
 
 def markdown(results: dict[str, Any]) -> str:
     info = results["machine"]
     lines = [
-        f"Machine: {info['cores']} cores, {info['cpu']}; all parties on this one machine.",
+        f"Machine: {info['cores']} cores, {info['cpu']}; all parties on this one machine; "
+        f"load average (1, 5, 15 min) {info.get('load_average_at_start', 'not recorded')} at "
+        f"the start, {info.get('load_average_at_end', 'not recorded')} at the end.",
         "",
         "| data | engine | private nonlinear/sample | epoch s (median [min, max]) | test acc, median (seeds) | comm MB/sample | rounds/sample | peak RSS MB/process |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -326,6 +335,7 @@ def main() -> None:
             mpc_seeds=args.mpc_seeds,
             mpc_batches=args.mpc_batches,
         )
+    results["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "training.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "training.md").write_text(markdown(results))

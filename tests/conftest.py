@@ -18,7 +18,15 @@ from securemark_mpc.run_folder import RunFolder
 MNIST_T10K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-t10k"
 
 # A few hundred digits: enough for several batches, quick under MPC.
-SMALL = TrainConfig(data=DataConfig(max_images=300), epochs=1, eval_each_epoch=False)
+# The tests replay MPC training in plaintext, so they need the initial weights that the
+# data owners would otherwise draw in secret, and no reveal noise unless they add it.
+SMALL = TrainConfig(
+    data=DataConfig(max_images=300),
+    epochs=1,
+    eval_each_epoch=False,
+    seeded_private_init=True,
+    reveal_noise_sigma=0.0,
+)
 
 
 def launch(run: RunFolder, config: TrainConfig, **options) -> LaunchResult:
@@ -112,8 +120,11 @@ def mpc_small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunFolder, 
 # truncation rounds, and SGD through the deep quad partition (8 weight layers, x²
 # terms) carries those roundings on: after one epoch a few 1e-4 per tensor, after two
 # (the resume and two-party tests) measured up to 2.1e-3, or 14% of what those steps
-# moved the tensor. A lost momentum buffer or share would be of the size of the update.
-ABSOLUTE_TOLERANCE = 3e-3
+# moved the tensor. With cutnorm's inverse square root (1e-4 to 1e-3 relative under
+# MPC) the head's output weights ended up to 7.9e-3 apart in the two-party test, where
+# they move by 0.088 (9%). A lost momentum buffer or share would be of the size of
+# the update, which the relative bound catches.
+ABSOLUTE_TOLERANCE = 1e-2
 RELATIVE_TO_UPDATE = 0.25
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -15,9 +16,18 @@ import numpy as np
 import pytest
 import torch
 
+from securemark_mpc.blackbox.key import BehaviourConfig
 from securemark_mpc.blackbox.protocol import serving
 from securemark_mpc.blackbox.queries import answers
 from securemark_mpc.blackbox.store import key_path, load_blackbox, queries_path
+from securemark_mpc.blackbox.tilt import (
+    answer_values,
+    gap_operator,
+    make_tilt,
+    read_positions,
+    signs,
+    weight_change,
+)
 from securemark_mpc.cli import main
 from securemark_mpc.config import TrainConfig
 from securemark_mpc.models import load_model
@@ -82,7 +92,7 @@ def test_queries_file_holds_only_images(run, tmp_path, query_images, capsys):
         images = archive["images"]
     key, _ = load_blackbox(run)
     assert images.dtype == np.float32
-    assert images.shape == (key.length, 1, 8, 8)
+    assert images.shape == (key.queries, 1, 8, 8)
     assert np.array_equal(images, query_images.numpy())
     # the key and the run's own copy of the queries stay owner-only
     for path in (key_path(run), queries_path(run)):
@@ -145,7 +155,7 @@ def _bad_answers(count: int) -> dict[str, tuple[str, str]]:
 
 @pytest.mark.parametrize("case", list(_bad_answers(1)))
 def test_bad_answers_exit_2_with_one_clear_line(run, tmp_path, capsys, case):
-    text, match = _bad_answers(load_blackbox(run)[0].length)[case]
+    text, match = _bad_answers(load_blackbox(run)[0].queries)[case]
     path = tmp_path / "bad.json"
     path.write_text(text)
     assert_clean_error(
@@ -243,3 +253,80 @@ def test_serve_command_in_a_real_process(run, capsys):
     finally:
         process.terminate()
         process.wait(timeout=SERVER_START_SECONDS)
+
+
+def third_labels(first: torch.Tensor, second: torch.Tensor) -> np.ndarray:
+    """Per query, a label that is neither of its two."""
+    return np.array([min({0, 1, 2} - {int(a), int(b)}) for a, b in zip(first, second, strict=True)])
+
+
+def test_the_tilt_reads_back_its_signs_from_top1_answers_alone():
+    """Answers at zero-gap queries, tilted by Δ = Σ s_k A_k, spell s back by least squares."""
+    rng = np.random.default_rng(0)
+    queries, width, classes, positions = 400, 24, 5, 16
+    inputs = torch.from_numpy(np.abs(rng.standard_normal((queries, width))))
+    first = torch.from_numpy(rng.integers(0, classes, queries))
+    second = (first + torch.from_numpy(rng.integers(1, classes, queries))) % classes
+    tilt = make_tilt(
+        inputs=inputs,
+        first=first,
+        second=second,
+        classes=classes,
+        positions=positions,
+        gap=1.0,
+        seed=7,
+    )
+    codeword = rng.integers(0, 2, positions)
+    gaps = (
+        gap_operator(inputs, first, second, classes)
+        @ weight_change(tilt, codeword).double().flatten()
+    )
+    assert np.allclose(gaps.numpy(), tilt.design @ signs(codeword), atol=1e-4)
+    labels = np.where(gaps.numpy() > 0, first.numpy(), second.numpy())
+    labels[:100] = third_labels(first[:100], second[:100])  # refused or filtered: erased
+    values = answer_values(labels, first.numpy(), second.numpy())
+    assert not values[:100].any() and values[100:].all()
+    assert np.array_equal(read_positions(tilt, values) > 0, codeword == 1)
+    assert not read_positions(tilt, np.zeros(queries)).any()  # nothing answered, nothing read
+
+
+def test_more_positions_than_queries_is_refused():
+    with pytest.raises(ValueError, match="positions"):
+        BehaviourConfig(queries=100, positions=101)
+
+
+def test_two_colluders_answering_at_random_are_traced(run, query_images, tmp_path, capsys):
+    """Each query answered by a random one of two copies: a colluder is accused, nobody else."""
+    first, second = (answers(load_model(run.copy_path(n))[0], query_images) for n in ISSUED[:2])
+    pick = np.random.default_rng(1).integers(0, 2, len(first)).astype(bool)
+    labels = np.where(pick, first, second).tolist()
+    code, verdict = verify(
+        run, capsys, "--answers", str(write_answers(tmp_path / "mix.json", labels))
+    )
+    assert code == 0 and verdict["accused"] and set(verdict["accused"]) <= set(ISSUED[:2])
+
+
+def test_a_thief_refusing_a_third_of_the_queries_is_still_traced(
+    run, query_images, tmp_path, capsys
+):
+    """Answers the thief replaces by a third label (refused, filtered) are erased, not misread."""
+    _, queries = load_blackbox(run)
+    labels = answers(load_model(run.copy_path("carol"))[0], query_images)
+    refused = np.random.default_rng(2).random(len(labels)) < 1 / 3
+    labels = np.where(refused, third_labels(queries.first, queries.second), labels).tolist()
+    code, verdict = verify(
+        run, capsys, "--answers", str(write_answers(tmp_path / "refused.json", labels))
+    )
+    assert code == 0 and verdict["accused"] == ["carol"]
+
+
+def test_damaged_query_file_exits_2(run, tmp_path, capsys):
+    damaged = RunFolder(tmp_path / "run")
+    shutil.copytree(run.root, damaged.root)
+    with np.load(queries_path(damaged), allow_pickle=False) as archive:
+        arrays = dict(archive)
+    arrays["design"] = arrays["design"][:, :-1]
+    np.savez(queries_path(damaged), **arrays)
+    answers_file = write_answers(tmp_path / "a.json", [0] * len(arrays["images"]))
+    code = main(["verify", "--run", str(damaged.root), "--answers", str(answers_file)])
+    assert_clean_error(code, capsys, match="positions")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -15,11 +16,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from securemark_mpc.attacks import AttackContext, parse_chain, spec_of
 from securemark_mpc.config import ConfigError, TrainConfig
+from securemark_mpc.data import load_splits
+from securemark_mpc.fingerprint.align import AlignmentError, align
 from securemark_mpc.fingerprint.codes import CodeConfig, sample_biases
 from securemark_mpc.fingerprint.copies import issue_copy, load_features, verify_file
 from securemark_mpc.fingerprint.embed import EmbeddingError, embed, margins
 from securemark_mpc.fingerprint.extract import extract
+from securemark_mpc.fingerprint.guide import CarrierGuide
 from securemark_mpc.fingerprint.key import (
     EmbedConfig,
     FingerprintConfig,
@@ -32,6 +37,8 @@ from securemark_mpc.fingerprint.key import (
     save_key,
 )
 from securemark_mpc.fingerprint.verify import verify_model
+from securemark_mpc.models import load_model
+from securemark_mpc.models.model_file import read_run_spec, save_model
 from securemark_mpc.plaintext import write_plaintext_run
 from securemark_mpc.registry import Registry, RegistryError
 from securemark_mpc.run_folder import RunFolder
@@ -323,3 +330,55 @@ def test_with_nobody_registered_nothing_is_traced(trained, key):
         model=trained.model, key=key, names=[], codewords=np.zeros((0, 0), dtype=np.uint8)
     )
     assert not report.ours and report.accused == []
+
+
+# Guided alignment: what the owner knows about where marks live ------------------------
+
+
+def _projector(rng: np.random.Generator, inputs: int, kept: int) -> torch.Tensor:
+    basis, _ = torch.linalg.qr(torch.from_numpy(rng.standard_normal((inputs, kept))))
+    return basis @ basis.T
+
+
+@quick
+@given(seed=st.integers(0, 2**32 - 1), scale=st.floats(0.05, 20.0))
+def test_restoring_keeps_a_marked_row_and_drops_what_a_thief_wrote_outside_the_mark(seed, scale):
+    rng = np.random.default_rng(seed)
+    excited = _projector(rng, 12, 4)
+    guide = CarrierGuide(key=small_key(seed=seed, length=8, shape=(6, 12)), excited=excited)
+    reference = torch.from_numpy(rng.standard_normal((6, 12)))
+    marked = scale * (reference + torch.from_numpy(rng.standard_normal((6, 12))) @ excited)
+    assert torch.allclose(guide.restore(marked, reference), marked, atol=1e-9)
+    junk = torch.from_numpy(rng.standard_normal((6, 12))) @ (torch.eye(12) - excited.double())
+    restored = guide.restore(marked @ excited + junk, reference)
+    assert torch.allclose(restored @ excited, marked @ excited, atol=1e-9)
+    outside = restored - restored @ excited
+    reference_outside = reference - reference @ excited
+    for row, ref in zip(outside, reference_outside, strict=True):  # a k >= 0 multiple of ours
+        k = float(row @ ref / (ref @ ref))
+        assert k >= -1e-9 and torch.allclose(row, k * ref, atol=1e-9)
+
+
+def test_a_design_aware_chain_on_a_copy_is_still_traced(issued, tmp_path):
+    """Permute and widen every layer, zero what the data never excites, fine-tune: the
+    chain that removed the trace before alignment was guided by the key."""
+    spec = read_run_spec(issued.model_path)
+    leaked, _ = load_model(issued.copy_path("carol"), expected=spec)
+    context = AttackContext(spec=spec, aux=load_splits(issued.load_config().data).aux, seed=0)
+    chain = "permute:1,dummy:1,dormant-project:0.99,finetune-all:10"
+    attacked = parse_chain(chain)([leaked], context)
+    suspect = tmp_path / "attacked.pt"
+    save_model(suspect, model=attacked, spec=spec_of(attacked, spec))
+    report, _ = verify_file(run=issued, suspect=suspect)
+    assert report.alignment["changed"]
+    assert report.ours and [a.customer for a in report.accused] == ["carol"]
+
+
+def test_a_suspect_with_non_finite_weights_is_refused(trained):
+    """Files are refused on loading; in memory (a diverged attack) alignment refuses."""
+    broken = copy.deepcopy(trained.model)
+    with torch.no_grad():
+        broken[0].weight[0, 0, 0, 0] = float("nan")
+    images = trained.features.new_zeros((4, *trained.spec.input_shape))
+    with pytest.raises(AlignmentError, match="non-finite"):
+        align(suspect=broken, reference=trained.model, images=images)

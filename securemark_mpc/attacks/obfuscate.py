@@ -16,13 +16,16 @@ import torch
 from torch import nn
 
 from securemark_mpc.attacks.base import Attack, register
-from securemark_mpc.models.layers import Square
+from securemark_mpc.models.layers import CutNorm, Square
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
 # How a unit's scale a passes through a layer: a -> a ** degree. Layers not listed
 # (e.g. a polynomial with a linear term) are not homogeneous, so units behind them
 # cannot be rescaled without changing the function.
 HOMOGENEITY: dict[type[nn.Module], int] = {nn.ReLU: 1, nn.AvgPool2d: 1, nn.Flatten: 1, Square: 2}
+# Layers that normalise each sample over all its units: a unit added behind them changes
+# every unit's output unless it is silent and the others are scaled to keep the mean square.
+PER_SAMPLE: tuple[type[nn.Module], ...] = (CutNorm,)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class _Link:
     producer: int
     consumer: int
     degree: int | None  # a unit scaled by a reaches the consumer scaled by a ** degree
+    per_sample: bool  # a per-sample normalisation lies in between
 
     def columns(self, model: nn.Sequential) -> torch.Tensor:
         """The consumer's weight as (outputs, producer units, columns per unit), a view."""
@@ -45,10 +49,12 @@ def hidden_links(model: nn.Sequential) -> list[_Link]:
     links = []
     for producer, consumer in zip(weighted, weighted[1:], strict=False):
         degree: int | None = 1
-        for module in model[producer + 1 : consumer]:
+        between = list(model[producer + 1 : consumer])
+        for module in between:
             step = HOMOGENEITY.get(type(module))
             degree = None if step is None or degree is None else degree * step
-        links.append(_Link(producer, consumer, degree))
+        per_sample = any(isinstance(module, PER_SAMPLE) for module in between)
+        links.append(_Link(producer, consumer, degree, per_sample))
     return links
 
 
@@ -126,7 +132,9 @@ class Dummy(Attack):
     as wide). As in Yan et al.: half the extra units split a real unit in two (a copy
     with the same incoming weights, the outgoing weights shared at a random ratio), the
     other half come in pairs with the same random incoming weights and opposite outgoing
-    weights, so that they cancel. The function is unchanged."""
+    weights, so that they cancel. Behind a per-sample normalisation (``CutNorm``) the
+    extra units are silent instead, the real ones scaled to keep the mean square. The
+    function is unchanged."""
 
     name, strength_name, default_strength = "dummy", "ratio", 1.0
     sweep = (0.5, 1.0)
@@ -143,21 +151,51 @@ class Dummy(Attack):
         producer, consumer = model[link.producer], model[link.consumer]
         weight, bias = producer.weight.data, producer.bias.data
         columns = link.columns(model).clone()
-        units, extra = weight.shape[0], int(round(self.strength * weight.shape[0]))
-        pairs, splits = extra // 4, extra - 2 * (extra // 4)
-        originals = torch.randperm(units)[:splits]  # each split once, so the shares add up
-        share = torch.rand(splits).view(1, -1, 1)
-        split_columns = columns[:, originals] * share
-        columns[:, originals] *= 1 - share
-        pair_rows = torch.randn(pairs, *weight.shape[1:]) * weight.std()
-        pair_bias = torch.randn(pairs) * bias.std()
-        pair_columns = torch.randn(columns.shape[0], pairs, columns.shape[2]) * columns.std()
-        new_weight = torch.cat([weight, weight[originals], pair_rows, pair_rows])
-        new_bias = torch.cat([bias, bias[originals], pair_bias, pair_bias])
-        new_columns = torch.cat([columns, split_columns, pair_columns, -pair_columns], dim=1)
+        extra = int(round(self.strength * weight.shape[0]))
+        build = _silent_units if link.per_sample else _split_and_cancelling_units
+        new_weight, new_bias, new_columns = build(weight, bias, columns, extra)
         model[link.producer] = _resized(producer, new_weight, new_bias)
         model[link.consumer] = _resized(
             consumer,
             new_columns.reshape(columns.shape[0], -1, *consumer.weight.shape[2:]),
             consumer.bias.data,
         )
+
+
+Widened = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # weight, bias, consumer columns
+
+
+def _split_and_cancelling_units(
+    weight: torch.Tensor, bias: torch.Tensor, columns: torch.Tensor, extra: int
+) -> Widened:
+    """Yan et al.'s dummies: split real units, and pairs of random units that cancel."""
+    units = weight.shape[0]
+    pairs, splits = extra // 4, extra - 2 * (extra // 4)
+    originals = torch.randperm(units)[:splits]  # each split once, so the shares add up
+    share = torch.rand(splits).view(1, -1, 1)
+    split_columns = columns[:, originals] * share
+    columns[:, originals] *= 1 - share
+    pair_rows = torch.randn(pairs, *weight.shape[1:]) * weight.std()
+    pair_bias = torch.randn(pairs) * bias.std()
+    pair_columns = torch.randn(columns.shape[0], pairs, columns.shape[2]) * columns.std()
+    return (
+        torch.cat([weight, weight[originals], pair_rows, pair_rows]),
+        torch.cat([bias, bias[originals], pair_bias, pair_bias]),
+        torch.cat([columns, split_columns, pair_columns, -pair_columns], dim=1),
+    )
+
+
+def _silent_units(
+    weight: torch.Tensor, bias: torch.Tensor, columns: torch.Tensor, extra: int
+) -> Widened:
+    """Behind a per-sample normalisation (mean square over the units) any live extra unit
+    changes every output: silent units (zero weights and bias) with random outgoing
+    weights, and every real unit scaled by sqrt(new width / width), which keeps the mean
+    square and so the function."""
+    scale = ((weight.shape[0] + extra) / weight.shape[0]) ** 0.5
+    noise = torch.randn(columns.shape[0], extra, columns.shape[2]) * columns.std()
+    return (
+        torch.cat([weight * scale, torch.zeros(extra, *weight.shape[1:])]),
+        torch.cat([bias * scale, torch.zeros(extra)]),
+        torch.cat([columns / scale, noise], dim=1),
+    )

@@ -50,11 +50,10 @@ class Setting:
     split: int | None = None  # None: the preset's default; 0: raw images revealed
     private_channels: int | None = None
     private_pool: int | None = None
-    noise_sigma: float = 0.0
+    noise_sigma: float | None = None  # None: the config's default
     defence: str | None = None  # a name in DEFENCES
     defence_weight: float | None = None  # None: the defence's default
     model: str | None = None  # a preset name; None: the data set's default preset
-    normalise_cut: bool = False  # end the private partition with the twin's CutNorm
 
     @property
     def noise_only(self) -> bool:
@@ -72,10 +71,12 @@ class Setting:
             split=None if self.noise_only else self.split,
             private_channels=self.private_channels,
             private_pool=self.private_pool,
-            reveal_noise_sigma=self.noise_sigma,
+            reveal_noise_sigma=base.reveal_noise_sigma
+            if self.noise_sigma is None
+            else self.noise_sigma,
         ).validate()
 
-    def build_defence(self, *, seed: int) -> Defence | None:
+    def build_defence(self, *, seed: int, noise_sigma: float) -> Defence | None:
         """A fresh defence (its simulated attacker, if any, seeded by the run's seed)."""
         if self.defence is None:
             return None
@@ -83,25 +84,25 @@ class Setting:
         if self.defence_weight is not None:
             options["weight"] = self.defence_weight
         if self.defence == "attacker-aware":
-            options |= {"noise_sigma": self.noise_sigma, "seed": seed}
+            options |= {"noise_sigma": noise_sigma, "seed": seed}
         return DEFENCES[self.defence](**options)
 
 
 # The same layer indices mean the same depth in every preset that keeps the original
 # layout: split 1 reveals conv1's output (He et al.'s worst case), 8 keeps everything but
-# the last linear layer private. "default" is the preset's default partition, whatever
-# it is today. "norm" ends the private partition with the twin's CutNorm, so that the
-# partition cannot outgrow the noise. Defences run at the default, alone and with noise.
+# the narrow cut private, 9 reveals the cut before its per-sample normalisation.
+# "default" is the preset's default partition with the default noise, whatever they
+# are today. Defences run at the default, alone and with noise.
 SETTINGS: tuple[Setting, ...] = (
-    Setting("split 1 (conv)", split=1),
+    Setting("split 1 (conv)", split=1, noise_sigma=0.0),
     Setting("default"),
-    Setting("default σ=0.5", noise_sigma=0.5),
-    Setting("default norm σ=0.5", noise_sigma=0.5, normalise_cut=True),
-    Setting("default norm σ=1", noise_sigma=1.0, normalise_cut=True),
-    Setting("split 8 (before the cut)", split=8),
-    Setting("default nopeek", defence="nopeek"),
+    Setting("default σ=0", noise_sigma=0.0),
+    Setting("default σ=1", noise_sigma=1.0),
+    Setting("split 9 (cut, no norm) σ=0.5", split=9, noise_sigma=0.5),
+    Setting("split 8 (before the cut)", split=8, noise_sigma=0.0),
+    Setting("default nopeek", defence="nopeek", noise_sigma=0.0),
     Setting("default nopeek σ=0.5", defence="nopeek", noise_sigma=0.5),
-    Setting("default attacker-aware", defence="attacker-aware"),
+    Setting("default attacker-aware", defence="attacker-aware", noise_sigma=0.0),
     Setting("default attacker-aware σ=0.5", defence="attacker-aware", noise_sigma=0.5),
     Setting("noise-only σ=0.1", split=0, noise_sigma=0.1),
     Setting("noise-only σ=0.25", split=0, noise_sigma=0.25),
@@ -132,7 +133,9 @@ def run_setting(
     watch = watched_rows(
         size=size, config=audit, epochs=train_config.epochs, width=math.prod(cut_shape)
     )
-    defence = setting.build_defence(seed=train_config.seed)
+    defence = setting.build_defence(
+        seed=train_config.seed, noise_sigma=train_config.reveal_noise_sigma
+    )
     began = time.perf_counter()
     twin = train_twin(
         config=train_config,
@@ -141,7 +144,6 @@ def run_setting(
         spec=spec,
         defence=defence,
         watch=watch,
-        normalise_cut=setting.normalise_cut,
     )
     train_seconds = time.perf_counter() - began
     result = attack_reveal(
@@ -149,7 +151,7 @@ def run_setting(
         features=twin.features,
         train=twin.train,
         aux=splits.aux,
-        noise_sigma=setting.noise_sigma,
+        noise_sigma=train_config.reveal_noise_sigma,
         config=audit,
         history=twin.history,
     )
@@ -166,7 +168,7 @@ def run_setting(
     row = {
         "name": setting.name,
         "noise_only": setting.noise_only,
-        "noise_sigma": setting.noise_sigma,
+        "noise_sigma": train_config.reveal_noise_sigma,
         "defence": setting.defence,
         "defence_weight": getattr(defence, "weight", None),
         "defence_mpc_cost": defence_cost,
@@ -174,10 +176,8 @@ def run_setting(
         "train_seconds": train_seconds,
         "twin_epoch_seconds": twin.epoch_seconds,
         **partition,
-        "normalise_cut": setting.normalise_cut,
         "cost_nonlinear_elements": partition["private_nonlinear_elements"]
-        + defence_cost["private_nonlinear_elements_per_sample"]
-        + int(setting.normalise_cut),
+        + defence_cost["private_nonlinear_elements_per_sample"],
         "model_nonlinear_elements": replace(
             spec, split=len(spec.layers) - 1
         ).private_nonlinear_elements(),

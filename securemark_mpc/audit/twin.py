@@ -86,16 +86,6 @@ class RevealNoise(nn.Module):
         return hidden + self.sigma * torch.randn(hidden.shape, generator=self.generator)
 
 
-class CutNorm(nn.Module):
-    """Scales each sample's h to root-mean-square 1, so that reveal noise sigma is a
-    fixed signal-to-noise ratio: without it the private partition learns to scale h up
-    and outgrow the noise. Under MPC: one inverse square root per sample."""
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        scale = hidden.flatten(1).pow(2).mean(dim=1).clamp_min(1e-12).rsqrt()
-        return hidden * scale.reshape(-1, *([1] * (hidden.ndim - 1)))
-
-
 class SplitTwin(nn.Module):
     """private → (defence gradient) → reveal noise → (owner records) → public."""
 
@@ -146,7 +136,6 @@ def train_twin(
     defence: Defence | None = None,
     watch: torch.Tensor | None = None,
     spec: ModelSpec | None = None,
-    normalise_cut: bool = False,
 ) -> TwinRun:
     """Train like ``train_plaintext`` with reveal noise config.reveal_noise_sigma at `cut`.
 
@@ -154,8 +143,7 @@ def train_twin(
     the config's. With sigma 0, no defence and the default cut, the weights equal
     ``train_plaintext``'s. `noise_seed` stands in for the data owners' secret
     randomness, which the model owner never learns. `watch` picks the training rows
-    whose reveal is kept in every epoch (default: none). `normalise_cut` ends the
-    private partition with ``CutNorm`` (a proposed layer, not in the presets).
+    whose reveal is kept in every epoch (default: none).
     """
     spec = spec or config.model_spec(splits)
     cut = spec.split if cut is None else cut
@@ -163,8 +151,6 @@ def train_twin(
         raise ValueError(f"cut must be in [0, {len(spec.layers)}), got {cut}")
     layers = build_model(spec, seed=config.seed)
     private, public = layers[:cut], layers[cut:]
-    if normalise_cut:
-        private.append(CutNorm())
     sigma = config.reveal_noise_sigma
     generator = torch.Generator().manual_seed(noise_seed)
     train = training_order(config, splits)

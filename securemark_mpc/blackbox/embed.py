@@ -1,103 +1,88 @@
-"""Behavioural embedding: teach a copy to answer the keyed queries with its codeword's labels.
+"""Behavioural embedding: tilt a copy's output layer by its codeword (see :mod:`.tilt`).
 
-It runs on the weight-marked copy and moves only the Linear layers of the plaintext
-partition other than the weight mark's carrier layer (in the default presets: the
-output layer), so the weight mark stays bit for bit what it was, the private partition
-of every copy stays identical, and only the owner's cached cut-layer features are
-needed besides the queries. Loss: CE on the queries' target labels plus
-``retention_weight`` · the mean squared change of the logits on the cached training
-features. Each layer steps along its gradient times P = ε(C + εI)⁻¹, where C is the
-second moment of the layer's inputs (bias included) over the training features and ε
-its mean eigenvalue: steepest descent in the metric ‖ΔW·a‖² + ε‖ΔW‖². The change goes
-mostly into directions that real data hardly excite and the mixed queries do, which
-keeps test accuracy where it was. Measured on digits (300 queries, 8 copies): 82-87%
-of the queries answer as the codeword asks (about 50% would by chance), no test image
-that no query mixes changes its answer, and the output layer's capacity is the limit
-(more steps or a stronger pull buy nothing).
-Full-batch, no randomness: one codeword gives one copy.
+It runs on the weight-marked copy and moves only the weight of the model's last
+Linear layer, which must not be the weight mark's carrier (in the default presets the
+carrier is the head's first layer), so the weight mark stays bit for bit what it was
+and the private partition of every copy stays identical. The tilt Δ = Σ_k s_k A_k is
+added, then ``steps`` full-batch Adam steps minimise
+
+    mean_q (gap_q − target_q)² + retention_weight · mean_i relu(margin − m_i)²
+
+over that weight: target_q = (C s)_q is the gap the tilt asks of query q (the unmarked
+model's gap there is 0; the weight mark shifts it a little, and this pulls it back),
+and m_i is the margin (true logit minus the best other) of each of the owner's
+images and cached training features that the copy classified right before the tilt.
+The hinge only holds images near a class boundary in place: everywhere else the tilt
+stays visible in the logits, which is what a distilled student learns. Full-batch,
+no randomness: one codeword gives one copy.
 """
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
 
 from securemark_mpc.blackbox.key import BehaviourEmbedConfig
-from securemark_mpc.models import ModelSpec, private_part, public_part
+from securemark_mpc.blackbox.tilt import Tilt, output_layer, weight_change
 
 
-def input_preconditioner(inputs: torch.Tensor) -> torch.Tensor:
-    """P = ε(C + εI)⁻¹ for inputs (N, d), C = aᵀa/N, ε = tr(C)/d; eigenvalues in (0, 1]."""
-    second_moment = inputs.T @ inputs / len(inputs)
-    ridge = (second_moment.trace() / second_moment.shape[0]).clamp_min(1e-12)
-    eye = torch.eye(second_moment.shape[0], dtype=inputs.dtype)
-    return ridge * torch.linalg.inv(second_moment + ridge * eye)
+def _margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return true - others.max(dim=1).values
 
 
-def _with_bias(inputs: torch.Tensor) -> torch.Tensor:
-    return torch.cat([inputs, torch.ones(len(inputs), 1, dtype=inputs.dtype)], dim=1)
-
-
-def _linear_preconditioners(
-    public: nn.Sequential, features: torch.Tensor, *, frozen: nn.Module | None
-) -> dict[nn.Linear, torch.Tensor]:
-    """P for every Linear layer of the plaintext partition but ``frozen``, from its inputs."""
-    preconditioners = {}
-    with torch.no_grad():
-        hidden = features
-        for module in public:
-            if isinstance(module, nn.Linear) and module is not frozen:
-                preconditioners[module] = input_preconditioner(_with_bias(hidden))
-            hidden = module(hidden)
-    return preconditioners
-
-
-def embed_behaviour(
+def embed_tilt(
     *,
     model: nn.Sequential,
-    spec: ModelSpec,
-    queries: torch.Tensor,
-    targets: torch.Tensor,
-    features: torch.Tensor,
+    tilt: Tilt,
+    codeword: np.ndarray,
+    first: torch.Tensor,
+    second: torch.Tensor,
+    query_inputs: torch.Tensor,
+    data_inputs: torch.Tensor,
+    data_labels: torch.Tensor,
     config: BehaviourEmbedConfig,
     carrier: str | None = None,
 ) -> tuple[nn.Sequential, float]:
-    """A new model answering ``targets`` on ``queries``; also the share that it answers right.
+    """A new model carrying ``codeword``'s tilt; also the share of queries on the asked side.
 
-    ``carrier`` (a state-dict name such as ``"10.weight"``) is the weight mark's
-    carrier; its layer stays as it is. ``model`` is left untouched. Stops at
-    ``config.target_fraction`` or ``config.max_steps``.
+    ``query_inputs`` and ``data_inputs`` are the output layer's inputs in ``model`` on
+    the queries and on the retained data (with ``data_labels``). ``carrier`` (a
+    state-dict name such as ``"10.weight"``) must not be the output layer's weight.
+    ``model`` is left untouched.
     """
-    if len(queries) != len(targets):
-        raise ValueError(f"{len(queries)} queries but {len(targets)} target labels")
+    index = output_layer(model)
+    if carrier is not None and carrier == f"{index}.weight":
+        raise ValueError(f"the weight mark's carrier {carrier} is the layer the tilt moves")
     marked = copy.deepcopy(model).eval()
-    public = public_part(marked, spec)
+    layer: nn.Linear = marked[index]
+    target = torch.from_numpy(tilt.design @ (2.0 * np.asarray(codeword, dtype=np.float64) - 1))
+    target = target.float()
+    rows = torch.arange(len(first))
+    query_inputs, data_inputs = query_inputs.float(), data_inputs.float()
+    data_labels = data_labels.long()
     with torch.no_grad():
-        query_features = private_part(marked, spec)(queries)
-        features = features.float()
-        original = public(features)
-    frozen = None if carrier is None else marked.get_submodule(carrier.rpartition(".")[0])
-    preconditioners = _linear_preconditioners(public, features, frozen=frozen)
-    if not preconditioners:
-        raise ValueError("the plaintext partition has no Linear layer besides the carrier")
-    parameters = [p for layer in preconditioners for p in layer.parameters()]
-    optimizer = torch.optim.SGD(parameters, lr=config.learning_rate, momentum=config.momentum)
-    targets = targets.long()
-    for step in range(config.max_steps + 1):
-        logits = public(query_features)
-        right = float((logits.argmax(dim=1) == targets).float().mean())
-        if right >= config.target_fraction or step == config.max_steps:
-            break
-        loss = nn.functional.cross_entropy(logits, targets)
-        loss = loss + config.retention_weight * (public(features) - original).pow(2).mean()
+        kept = layer(data_inputs).argmax(dim=1) == data_labels
+        layer.weight += weight_change(tilt, codeword)
+    weight = layer.weight.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([weight], lr=config.learning_rate)
+    bias = layer.bias.detach()
+    for _ in range(config.steps):
+        logits = query_inputs @ weight.T + bias
+        pull = (logits[rows, first] - logits[rows, second] - target).pow(2).mean()
+        margins = _margins(data_inputs[kept] @ weight.T + bias, data_labels[kept])
+        hold = torch.relu(config.margin - margins).pow(2).mean() if kept.any() else 0.0
+        loss = pull + config.retention_weight * hold
         optimizer.zero_grad()
         loss.backward()
-        for layer, preconditioner in preconditioners.items():
-            joint = torch.cat([layer.weight.grad, layer.bias.grad[:, None]], dim=1) @ preconditioner
-            layer.weight.grad.copy_(joint[:, :-1])
-            layer.bias.grad.copy_(joint[:, -1])
         optimizer.step()
-    marked.zero_grad(set_to_none=True)  # a copy carries no gradients
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        logits = layer(query_inputs)
+        gaps = logits[rows, first] - logits[rows, second]
+        right = float(((gaps > 0) == (target > 0)).float().mean())
     return marked.eval(), right

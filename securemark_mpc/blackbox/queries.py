@@ -1,14 +1,14 @@
 """The keyed query set: boundary mixups of the owner's own images.
 
-Query k mixes two of the owner's images of different classes a_k and b_k, drawn from
+Query q mixes two of the owner's images of different classes a_q and b_q, drawn from
 the key's query seed, at the point of the segment where the unmarked model's logits
-for a_k and b_k are equal: x = (1 - λ)·x_a + λ·x_b. There the model hesitates between
-exactly two labels, so a copy can be taught either one at little cost (a "boundary
-example", cf. IPGuard and Lukas et al., ICLR 2021), and a customer's answer spells one
-bit: a_k for 0, b_k for 1. Queries sit between real images, so a detector of distance
-to real data lets them through; but every model hesitates on them, so a detector of the
-served model's confidence flags most of them (:func:`detectability` measures both; on
-digits 0.7% and 93% of queries at 5% false alarms).
+for a_q and b_q are equal: x = (1 - λ)·x_a + λ·x_b. There the model hesitates between
+exactly two labels, so the smallest change of the logits decides its answer (a
+"boundary example", cf. IPGuard and Lukas et al., ICLR 2021): a copy's tilt
+(:mod:`securemark_mpc.blackbox.tilt`) shows in which of the two it answers. Queries
+sit between real images, so a detector of distance to real data lets them through;
+but every model hesitates on them, so a detector of the served model's confidence
+flags most of them (:func:`detectability` measures both).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ OVERSAMPLE = 4  # candidate pairs drawn per query; some have no clean a/b bounda
 @dataclass(frozen=True)
 class QuerySet:
     images: torch.Tensor  # (N, C, H, W) float32
-    first: torch.Tensor  # (N,) int64: the label that spells bit 0
-    second: torch.Tensor  # (N,) int64: the label that spells bit 1
+    first: torch.Tensor  # (N,) int64: a_q, the answer to a positive gap
+    second: torch.Tensor  # (N,) int64: b_q, the answer to a negative gap
 
     def __len__(self) -> int:
         return len(self.first)

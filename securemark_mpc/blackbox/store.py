@@ -1,7 +1,8 @@
 """The run folder's black-box material, and the steps that use it: issue, export, verify.
 
 RUN/blackbox_key.json      the black-box key (mode 0600)
-RUN/blackbox_queries.npz   the keyed queries (array ``images``; mode 0600)
+RUN/blackbox_queries.npz   the keyed queries (``images``) and the tilt (``directions``,
+                           ``design``; see :mod:`.tilt`), mode 0600
 
 Both are made once per run, on first use, from the unmarked model and the owner's own
 images (the test split, which the model owner holds), under a lock so that concurrent
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from securemark_mpc.blackbox.embed import embed_behaviour
+from securemark_mpc.blackbox.embed import embed_tilt
 from securemark_mpc.blackbox.key import (
     BehaviourConfig,
     BlackboxKey,
@@ -30,16 +31,16 @@ from securemark_mpc.blackbox.key import (
     sample_code_biases,
     save_key,
     split_seed,
-    target_labels,
 )
 from securemark_mpc.blackbox.protocol import EndpointClient
 from securemark_mpc.blackbox.queries import QuerySet, base_indices, make_queries
+from securemark_mpc.blackbox.tilt import Tilt, layer_inputs, make_tilt, output_layer
 from securemark_mpc.blackbox.trace import read_answers, trace_answers
 from securemark_mpc.config import ConfigError
 from securemark_mpc.data import LabeledImages, load_splits
 from securemark_mpc.fingerprint.key import fresh_seed
 from securemark_mpc.fingerprint.trace import TraceReport
-from securemark_mpc.models import ModelSpec, private_part
+from securemark_mpc.models import ModelSpec
 from securemark_mpc.models.model_file import read_run_spec
 from securemark_mpc.registry import Registry
 from securemark_mpc.run_folder import RunFolder
@@ -66,34 +67,51 @@ def _lock(run: RunFolder) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def write_query_images(path: Path, images: torch.Tensor, *, mode: int = 0o644) -> None:
-    """An .npz holding only ``images`` (float32, N×C×H×W): what may be shown to a suspect."""
+def _write_npz(path: Path, arrays: dict[str, np.ndarray], *, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as handle:
         os.fchmod(handle.fileno(), mode)
-        np.savez(handle, images=images.numpy().astype(np.float32))
+        np.savez(handle, **arrays)
     os.replace(temporary, path)
 
 
-def _read_query_images(path: Path, key: BlackboxKey) -> torch.Tensor:
+def write_query_images(path: Path, images: torch.Tensor) -> None:
+    """An .npz holding only ``images`` (float32, N×C×H×W): what may be shown to a suspect."""
+    _write_npz(path, {"images": images.numpy().astype(np.float32)}, mode=0o644)
+
+
+def _read_queries(path: Path, key: BlackboxKey) -> tuple[torch.Tensor, Tilt]:
     if not path.is_file():
         raise ConfigError(f"{path}: the run's keyed queries are missing")
-    with np.load(path, allow_pickle=False) as archive:
-        images = torch.from_numpy(archive["images"])
-    if len(images) != key.length:
-        raise ConfigError(f"{path}: {len(images)} queries, the black-box key expects {key.length}")
-    return images
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            images = torch.from_numpy(archive["images"])
+            tilt = Tilt(directions=archive["directions"], design=archive["design"])
+    except (KeyError, ValueError, OSError) as error:
+        raise ConfigError(f"{path}: not the run's keyed queries ({error})") from None
+    if len(images) != key.queries or tilt.design.shape != (key.queries, key.length):
+        raise ConfigError(
+            f"{path}: {len(images)} queries and a {tilt.design.shape} design; the black-box "
+            f"key expects {key.queries} queries and {key.length} positions"
+        )
+    return images, tilt
 
 
 def load_blackbox(run: RunFolder) -> tuple[BlackboxKey, QuerySet]:
     """The run's black-box key and queries; ConfigError if the run has none yet."""
     key = load_key(key_path(run))
-    images = _read_query_images(queries_path(run), key)
-    return key, QuerySet(
+    images, _ = _read_queries(queries_path(run), key)
+    queries = QuerySet(
         images=images, first=torch.tensor(key.first), second=torch.tensor(key.second)
     )
+    return key, queries
+
+
+def load_tilt(run: RunFolder, key: BlackboxKey) -> Tilt:
+    """The run's tilt directions and design (owner-only)."""
+    return _read_queries(queries_path(run), key)[1]
 
 
 def owner_bases(run: RunFolder, *, seed: int) -> LabeledImages:
@@ -105,11 +123,11 @@ def owner_bases(run: RunFolder, *, seed: int) -> LabeledImages:
 def ensure_blackbox(
     *,
     run: RunFolder,
-    model: nn.Module,
+    model: nn.Sequential,
     config: BehaviourConfig | None = None,
     seed: int | None = None,
 ) -> tuple[BlackboxKey, QuerySet]:
-    """The run's key and queries, made on first use from ``model`` (the unmarked one).
+    """The run's key and queries (and tilt), made on first use from ``model`` (the unmarked one).
 
     ``seed`` makes the key reproducible (tests, benchmarks); by default it comes from
     OS entropy. ``config`` only matters when the key is made.
@@ -119,7 +137,9 @@ def ensure_blackbox(
         if key_path(run).exists():
             return load_blackbox(run)
         config = config or BehaviourConfig()
-        query_seed, codeword_seed, bias_seed = split_seed(fresh_seed() if seed is None else seed)
+        query_seed, codeword_seed, bias_seed, rotation_seed = split_seed(
+            fresh_seed() if seed is None else seed
+        )
         bases = owner_bases(run, seed=query_seed)
         queries = make_queries(
             model=model,
@@ -128,16 +148,34 @@ def ensure_blackbox(
             count=config.queries,
             seed=query_seed,
         )
+        try:
+            tilt = make_tilt(
+                inputs=layer_inputs(model, queries.images),
+                first=queries.first,
+                second=queries.second,
+                classes=model[output_layer(model)].out_features,
+                positions=config.positions,
+                gap=config.embed.gap,
+                seed=rotation_seed,
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         key = BlackboxKey(
             query_seed=query_seed,
             codeword_seed=codeword_seed,
+            rotation_seed=rotation_seed,
             biases=tuple(sample_code_biases(config=config, seed=bias_seed).tolist()),
             code=config.code,
             embed=config.embed,
             first=tuple(queries.first.tolist()),
             second=tuple(queries.second.tolist()),
         )
-        write_query_images(queries_path(run), queries.images, mode=0o600)
+        arrays = {
+            "images": queries.images.numpy().astype(np.float32),
+            "directions": tilt.directions,
+            "design": tilt.design,
+        }
+        _write_npz(queries_path(run), arrays, mode=0o600)
         save_key(key_path(run), key)  # last: a key on disk means the queries are there too
         return key, queries
 
@@ -150,25 +188,31 @@ def mark_copy(
     spec: ModelSpec,
     index: int,
     features: torch.Tensor,
+    labels: torch.Tensor,
     carrier: str,
     seed: int | None = None,
 ) -> nn.Sequential:
     """Customer ``index``'s behavioural mark on ``model`` (its weight-marked copy).
 
     The run's queries are made from ``unmarked`` on first use; ``carrier`` (the weight
-    mark's carrier tensor) is left alone. The copy keeps its logits on the cached
-    training features and on the owner's images that the queries mix.
+    mark's carrier tensor) is left alone. The copy keeps the owner's images that the
+    queries mix and the cached training features (with ``labels``) inside their classes.
     """
     key, queries = ensure_blackbox(run=run, model=unmarked, seed=seed)
+    tilt = load_tilt(run, key)
+    bases = owner_bases(run, seed=key.query_seed)
+    head = model[spec.split : output_layer(model)].eval()
     with torch.no_grad():
-        bases = private_part(unmarked, spec)(owner_bases(run, seed=key.query_seed).images)
-    targets = torch.from_numpy(target_labels(key=key, codeword=codeword_for(key=key, index=index)))
-    marked, _ = embed_behaviour(
+        data_inputs = torch.cat([head(features.float()), layer_inputs(model, bases.images).float()])
+    marked, _ = embed_tilt(
         model=model,
-        spec=spec,
-        queries=queries.images,
-        targets=targets,
-        features=torch.cat([features.float(), bases]),
+        tilt=tilt,
+        codeword=codeword_for(key=key, index=index),
+        first=queries.first,
+        second=queries.second,
+        query_inputs=layer_inputs(model, queries.images),
+        data_inputs=data_inputs,
+        data_labels=torch.cat([labels.long(), bases.labels.long()]),
         config=key.embed,
         carrier=carrier,
     )
@@ -210,7 +254,9 @@ class AnswerSource:
 def verify_answers(*, run: RunFolder, source: AnswerSource) -> tuple[TraceReport, int]:
     """Trace a suspect from its answers on the run's queries; also return the customer count."""
     key, queries = load_blackbox(run)
+    tilt = load_tilt(run, key)
     spec = read_run_spec(run.model_path)
     labels = source.labels(queries, num_classes=spec.num_classes)
     names, codewords = registered_codewords(run, key)
-    return trace_answers(key=key, labels=labels, names=names, codewords=codewords), len(names)
+    report = trace_answers(key=key, tilt=tilt, labels=labels, names=names, codewords=codewords)
+    return report, len(names)

@@ -1,13 +1,16 @@
 """Tracing from answers: the suspect's top-1 labels on the keyed queries, read as code bits.
 
-Query k spells bit 0 with its first label and bit 1 with its second; any other answer
-is an erasure and its position is dropped. Which positions are dropped depends on the
-suspect alone, never on a customer's codeword, so tracing the kept positions with
-:func:`securemark_mpc.fingerprint.trace.trace` keeps both of its bounds: an innocent
-customer's codeword is independent of the suspect's answers (Chernoff bound, union over
-the registered customers), and a model trained without our key agrees with any
-codeword on each kept position with probability 1/2 (binomial 'ours' test), because
-the biases are symmetric about 1/2 and secret.
+Query q's first label counts +1, its second −1, any other answer is erased. The tilt's
+least-squares read-out (:func:`securemark_mpc.blackbox.tilt.read_positions`) turns
+them into one estimate ŝ_k per code position: bit ŝ_k > 0, confidence
+tanh(|ŝ_k| / median |ŝ|), so that positions the answers barely decide weigh little
+(soft decisions; distilled, fine-tuned or colluder-mixed answers give many of those).
+Bits and confidences depend on the suspect's answers alone, never on a customer's
+codeword, so :func:`securemark_mpc.fingerprint.trace.trace` keeps both of its bounds:
+an innocent customer's codeword is independent of them (Chernoff bound on the soft
+score, union over the registered customers), and a model trained without our key
+agrees with any codeword on each position with probability 1/2 (binomial 'ours' test),
+because the biases are symmetric about 1/2 and secret.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from securemark_mpc.blackbox.key import BlackboxKey
+from securemark_mpc.blackbox.tilt import Tilt, answer_values, read_positions
 from securemark_mpc.config import ConfigError
-from securemark_mpc.fingerprint.trace import BOUND, TraceReport, trace
+from securemark_mpc.fingerprint.trace import BOUND, TraceReport, soft_decisions, trace
 
 
 class AnswersError(ConfigError):
@@ -62,25 +66,32 @@ def read_answers(path: Path, *, count: int, num_classes: int) -> np.ndarray:
     return check_labels(payload["labels"], count=count, num_classes=num_classes, source=str(path))
 
 
-def answer_bits(*, key: BlackboxKey, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Code bits of the answers, and the mask of positions answered with one of the two labels."""
-    first, second = np.asarray(key.first), np.asarray(key.second)
-    kept = (labels == first) | (labels == second)
-    return (labels == second).astype(np.uint8), kept
+def read_bits(
+    *, key: BlackboxKey, tilt: Tilt, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Code bits, their confidences in [0, 1], and the mask of answers that used a query's labels."""
+    values = answer_values(np.asarray(labels), np.asarray(key.first), np.asarray(key.second))
+    estimate = read_positions(tilt, values)
+    typical = float(np.median(np.abs(estimate)))
+    bits, confidence = soft_decisions(projections=estimate, scale=typical if typical > 0 else 1.0)
+    return bits, confidence, values != 0
 
 
 def trace_answers(
-    *, key: BlackboxKey, labels: np.ndarray, names: list[str], codewords: np.ndarray
+    *, key: BlackboxKey, tilt: Tilt, labels: np.ndarray, names: list[str], codewords: np.ndarray
 ) -> TraceReport:
     """Trace validated answers against the customers' behavioural codewords (n × m)."""
-    bits, kept = answer_bits(key=key, labels=labels)
-    if len(names) and not kept.any():  # no answer uses either label: nothing of ours to read
+    bits, confidence, answered = read_bits(key=key, tilt=tilt, labels=labels)
+    if len(names) and not answered.any():  # no answer uses either label: nothing of ours to read
         scores = dict.fromkeys(names, 0.0)
-        return TraceReport(False, 1.0, 0, 0, [], scores, float("inf"), key.code.epsilon, BOUND)
+        return TraceReport(
+            False, 1.0, 0, key.length, [], scores, float("inf"), key.code.epsilon, BOUND
+        )
     return trace(
         names=names,
-        codewords=codewords[:, kept] if len(names) else codewords,
-        suspect_bits=bits[kept],
-        biases=key.bias_array()[kept],
+        codewords=codewords,
+        suspect_bits=bits,
+        biases=key.bias_array(),
         epsilon=key.code.epsilon,
+        confidence=confidence,
     )

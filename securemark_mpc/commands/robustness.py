@@ -106,6 +106,7 @@ def run_command(args: argparse.Namespace) -> int:
         reference=model,
         context=AttackContext(spec=spec, aux=splits.aux, seed=args.seed),
         test=splits.test,
+        features=features,
         config=config,
     )
     reports = run.root / "reports"

@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--noise-sigma",
         type=float,
         default=defaults.reveal_noise_sigma,
-        help="Gaussian noise the data owners add under MPC before each reveal",
+        help="std of the Gaussian noise the data owners add under MPC to the normalised cut "
+        "(mean square < 1) before each reveal; 0 turns it off (README: Privacy)",
     )
     mpc.add_argument(
         "--provider",

@@ -17,12 +17,18 @@ own images (test split, never the private training images):
 - carry the matching into the next layer's inputs (through pooling and flattening).
 The result is a model of the reference's own shapes that computes what the suspect
 computes on the reference's units; the mark is read from it.
+
+The carrier layer gets more care, as it is what a thief who has read this code
+attacks: its incoming weights are refitted on the images (:func:`_refit`), and a
+guide (:mod:`.guide`: the key's projections and where marks live) pairs and
+cleans its units.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,7 +42,29 @@ COPY_CORRELATION = 1 - 1e-4  # a suspect unit this correlated with a matched one
 RESCALE_TOLERANCE = 0.05  # |scale - 1| above this counts as rescaled (a mark alone moves it ~1%)
 SILENT = 1e-12  # units whose activations never leave zero: no scale to estimate
 ALIGNMENT_IMAGES = 512  # of the owner's test images: enough to tell every unit apart
+RIDGE = 1e-2  # refit: directions holding less than this share of the mean energy keep the match
+OUTGOING_INTACT = 0.9  # matched outgoing cosine: 0.99 after fine-tuning, ~0.5 after dormant attacks
 IDENTITY_PRIOR = 1.0  # similarity bonus for a unit's own position (similarities sum 3 cosines)
+
+
+class Guide(Protocol):
+    """Pairs and cleans one layer's units with what the owner knows (see :mod:`.guide`)."""
+
+    @property
+    def layer(self) -> str: ...
+
+    def pair(
+        self,
+        *,
+        similarity: np.ndarray,
+        rows: torch.Tensor,
+        reference: torch.Tensor,
+        chosen: torch.Tensor,
+    ) -> torch.Tensor: ...
+
+    def similarity(self, rows: torch.Tensor, reference: torch.Tensor) -> np.ndarray: ...
+
+    def restore(self, rows: torch.Tensor, reference: torch.Tensor) -> torch.Tensor: ...
 
 
 class AlignmentError(ModelFileError):
@@ -140,22 +168,36 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return (a @ b.T).numpy()
 
 
+def _intact(outgoing: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    """Whether outgoing weights still tell units apart: every reference unit finds a
+    suspect unit sending nearly the same weights on. A thief who kept the output layer's
+    response on its data may have rewritten them (``dormant-reinit``); then they are
+    noise, and would only blur the match."""
+    cosine = _cosine(*outgoing)
+    rows, chosen = linear_sum_assignment(-cosine)
+    return bool(cosine[rows, chosen].mean() >= OUTGOING_INTACT)
+
+
 def _match_outputs(
     name: str,
     suspect_out: torch.Tensor,
     reference_out: torch.Tensor,
     incoming: tuple[torch.Tensor, torch.Tensor],
     outgoing: tuple[torch.Tensor, torch.Tensor] | None,
+    guide: Guide | None = None,
 ) -> tuple[torch.Tensor, _Units, LayerAlignment]:
     """One suspect unit per reference unit, its scale, and the suspect's copies folded in.
 
     Units are matched on the correlation of their pre-activations plus the cosines of
-    their incoming weights (in the reference's input units) and, for the units that
-    feed the output layer (whose classes keep their order), of their outgoing weights.
+    their incoming weights (in the reference's input units; with a ``guide``, of the
+    suspect's rows restored at each position) and, for the units that feed the output
+    layer (whose classes keep their order), of their outgoing weights while these
+    still tell units apart (:func:`_intact`).
     A mark moves a unit's response, so the assignment also prefers a unit's own
     position (IDENTITY_PRIOR): a suspect with the reference's layout keeps it unless
     another unit matches clearly better. This looks at the suspect alone, never at a
-    codeword, so the false-accusation bound is untouched.
+    codeword, so the false-accusation bound is untouched. A ``guide`` then re-pairs
+    the units (the carrier's, reading the key's projections: :mod:`.guide`).
     The outgoing weights also give the scale (a unit scaled by a sends 1/a of its
     weights on), which a mark leaves alone; elsewhere it is the activations' ratio.
     Returns the chosen suspect index per reference unit, the unit map for the next
@@ -165,12 +207,18 @@ def _match_outputs(
     n_s, n_r = s.shape[1], r.shape[1]
     if n_s < n_r:
         raise AlignmentError(f"layer {name}: the suspect has {n_s} units, the reference {n_r}")
-    correlation = _correlation(r, s) + _cosine(*incoming)
-    if outgoing is not None:
+    correlation = _correlation(r, s) + (
+        _cosine(*incoming) if guide is None else guide.similarity(incoming[1], incoming[0])
+    )
+    if outgoing is not None and _intact(outgoing):
         correlation = correlation + _cosine(*outgoing)
     correlation[np.arange(n_r), np.arange(n_r)] += IDENTITY_PRIOR
     rows, chosen = linear_sum_assignment(-correlation)
     chosen_t = torch.as_tensor(chosen[np.argsort(rows)])
+    if guide is not None:
+        chosen_t = guide.pair(
+            similarity=correlation, rows=incoming[1], reference=incoming[0], chosen=chosen_t
+        )
     scale = _scales(s[:, chosen_t], r, torch.ones(n_r, dtype=torch.float64))
     weight = torch.zeros(n_s, n_r, dtype=torch.float64)
     weight[chosen_t, torch.arange(n_r)] = scale
@@ -204,6 +252,24 @@ def _match_outputs(
     return chosen_t, _Units(weight), report
 
 
+def _refit(
+    weight: torch.Tensor, bias: torch.Tensor, inputs: torch.Tensor, outputs: torch.Tensor
+) -> torch.Tensor:
+    """A Linear layer's weights in the reference's input units, refitted on the images.
+
+    Least squares of the suspect's own pre-activations on the reference's inputs, with a
+    ridge toward the matched weights: along the directions the images excite, the
+    suspect's response decides (whatever the thief did to the units feeding this layer,
+    the response on data is what survives); along the dormant ones, which the images
+    cannot tell apart, the matched weights stay. An untouched copy refits to itself.
+    """
+    x = inputs.double().reshape(len(inputs), -1)
+    gram = x.T @ x
+    ridge = RIDGE * gram.trace() / gram.shape[0] * torch.eye(gram.shape[0], dtype=torch.float64)
+    target = (outputs.double() - bias).T @ x + weight @ ridge
+    return torch.linalg.solve(gram + ridge, target.T).T
+
+
 def _consume(module: nn.Module, inputs: _Units) -> tuple[torch.Tensor, torch.Tensor]:
     """The suspect layer's weight and bias acting on the reference's input units."""
     weight = module.weight.detach().double()
@@ -215,12 +281,21 @@ def _consume(module: nn.Module, inputs: _Units) -> tuple[torch.Tensor, torch.Ten
 
 
 @torch.no_grad()
-def align(*, suspect: nn.Sequential, reference: nn.Sequential, images: torch.Tensor) -> Alignment:
+def align(
+    *,
+    suspect: nn.Sequential,
+    reference: nn.Sequential,
+    images: torch.Tensor,
+    guide: Guide | None = None,
+) -> Alignment:
     """Express ``suspect`` in ``reference``'s units, layer by layer, using ``images``.
 
-    The last weighted layer's outputs (the classes) are kept in order. Raises
-    AlignmentError when the two models' layers differ in kind.
+    The last weighted layer's outputs (the classes) are kept in order; ``guide``
+    re-pairs the units of the layer it names. Raises AlignmentError when the two
+    models' layers differ in kind or the suspect's weights are not finite.
     """
+    if not all(torch.isfinite(p).all() for p in suspect.parameters()):
+        raise AlignmentError("the suspect has non-finite weights (NaN or infinity)")
     kinds = [type(m) for m in reference], [type(m) for m in suspect]
     if kinds[0] != kinds[1]:
         raise AlignmentError("the suspect's layers differ in kind from the reference's")
@@ -234,6 +309,9 @@ def align(*, suspect: nn.Sequential, reference: nn.Sequential, images: torch.Ten
         y_s, y_r = s_module(x_s), r_module(x_r)
         if isinstance(r_module, WEIGHTED):
             weight, bias = _consume(s_module, units)
+            guided = guide if guide is not None and guide.layer == str(index) else None
+            if guided is not None and isinstance(r_module, nn.Linear):
+                weight = _refit(weight, bias, x_r, y_s)
             if index == weighted[-1]:
                 chosen = torch.arange(weight.shape[0])
                 scale = torch.ones(len(chosen), dtype=torch.float64)
@@ -248,9 +326,19 @@ def align(*, suspect: nn.Sequential, reference: nn.Sequential, images: torch.Ten
                     if index == weighted[-2]
                     else None
                 )
-                chosen, units, report = _match_outputs(str(index), y_s, y_r, incoming, outgoing)
+                chosen, units, report = _match_outputs(
+                    str(index),
+                    y_s,
+                    y_r,
+                    incoming,
+                    outgoing,
+                    guided,
+                )
                 scale = units.weight[chosen, torch.arange(len(chosen))]
                 layers.append(report)
+            if guided is not None:
+                weight = weight.clone()
+                weight[chosen] = guided.restore(weight[chosen], r_module.weight.detach().double())
             divide = scale.clamp_min(SILENT).reshape(-1, *([1] * (weight.ndim - 1)))
             # a unit that is silent in both (e.g. pruned) stays zero, never NaN
             aligned[index].weight.copy_((weight[chosen] / divide).nan_to_num(0.0, 0.0, 0.0))

@@ -26,6 +26,7 @@ from securemark_mpc.config import ConfigError
 from securemark_mpc.data import DataError, load_splits
 from securemark_mpc.fingerprint.align import ALIGNMENT_IMAGES
 from securemark_mpc.fingerprint.embed import embed
+from securemark_mpc.fingerprint.guide import CarrierGuide
 from securemark_mpc.fingerprint.key import (
     FingerprintConfig,
     FingerprintKey,
@@ -151,6 +152,7 @@ def issue_copy(
             spec=spec,
             index=index,
             features=features,
+            labels=labels,
             carrier=key.carrier,
             seed=key_seed,
         )
@@ -231,5 +233,22 @@ def verify_file(*, run: RunFolder, suspect: Path) -> tuple[TraceReport, int]:
         codewords=codewords,
         reference=reference,
         images=images,
+        guide=_guide(run=run, key=key, reference=reference, spec=spec),
     )
     return report, len(names)
+
+
+def _guide(
+    *, run: RunFolder, key: FingerprintKey, reference: nn.Sequential, spec: ModelSpec
+) -> CarrierGuide | None:
+    """The key's help in pairing the carrier's units, if the run still has its features."""
+    try:
+        features, _ = load_features(run)
+    except ConfigError as error:
+        warnings.warn(
+            f"{error}: pairing the carrier's units without the key's help, so copies whose "
+            "dormant weights were rewritten may not be traced",
+            stacklevel=3,
+        )
+        return None
+    return CarrierGuide.of(key=key, model=reference, spec=spec, features=features)

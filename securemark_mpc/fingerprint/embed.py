@@ -65,6 +65,23 @@ def _split_at_carrier(
     )
 
 
+def mark_subspace(
+    *, model: nn.Sequential, spec: ModelSpec, key: FingerprintKey, features: torch.Tensor
+) -> torch.Tensor:
+    """Projector onto the carrier's input directions the mark may move (its rows stay in it).
+
+    The fewest directions holding key.embed.excited_energy of the carrier's inputs'
+    energy on the owner's cut-layer ``features``, and at least WEIGHTS_PER_BIT free
+    weights per bit. Verification uses it too (:mod:`.guide`): outside it, a copy's
+    carrier rows are the unmarked model's.
+    """
+    front, layer, _ = _split_at_carrier(public_part(model, spec), key)
+    with torch.no_grad():
+        inputs = front.eval()(features.float())
+    room = math.ceil(WEIGHTS_PER_BIT * key.length / layer.weight.shape[0])
+    return excited_subspace(inputs, key.embed.excited_energy, min_directions=room)
+
+
 def embed(
     *,
     model: nn.Sequential,
@@ -93,9 +110,7 @@ def embed(
     front, layer, back = _split_at_carrier(public_part(marked, spec), key)
     with torch.no_grad():
         inputs = front.eval()(features.float())  # fixed: nothing in front of W moves
-    # a long code needs room: at least WEIGHTS_PER_BIT free weights per bit
-    room = math.ceil(WEIGHTS_PER_BIT * key.length / layer.weight.shape[0])
-    excited = excited_subspace(inputs, config.excited_energy, min_directions=room)
+    excited = mark_subspace(model=marked, spec=spec, key=key, features=features)
     carrier = layer.weight
     matrix = projection_matrix(key)
     bits = torch.from_numpy(bits_np.astype(np.float32))

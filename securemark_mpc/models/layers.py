@@ -17,6 +17,11 @@ Shape = tuple[int, ...]
 LayerSpec = dict[str, Any]
 
 QUAD_COEFFICIENT = 0.25  # a in x + a·x²: chosen on MNIST-t10k and digits in plaintext
+# CutNorm divides each sample by √(mean square + ε). Under MPC the inverse square root of
+# (mean square + ε)/CUTNORM_RANGE is CrypTen's, accurate on [0.1, 160], hence for
+# per-sample mean squares up to ~1,280 (the twin saw at most 134 on digits).
+CUTNORM_EPSILON = 1.0
+CUTNORM_RANGE = 8.0
 
 
 def _conv(
@@ -74,6 +79,33 @@ class Quadratic(nn.Module):
         return f"a={self.a}"
 
 
+class CutNorm(nn.Module):
+    """Each sample's h divided by √(mean(h²) + ε): its mean square stays below 1.
+
+    Placed last in the private partition, it caps what the model owner can learn per
+    image whatever the private weights become: the reveal noise N(0, σ²) then meets a
+    signal of power at most 1 per value. Without it the partition learns to scale h
+    up until the noise stops mattering, and the quad activations blow up under
+    noise (both measured in the plaintext twin). Under MPC: one inverse square root
+    per sample (``securemark_mpc.mpc.fused_cutnorm``).
+    """
+
+    def __init__(self, epsilon: float = CUTNORM_EPSILON) -> None:
+        super().__init__()
+        self.epsilon = epsilon
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        mean_square = x.flatten(1).pow(2).mean(dim=1) + self.epsilon
+        return x * mean_square.rsqrt().reshape(-1, *([1] * (x.ndim - 1)))
+
+    def extra_repr(self) -> str:
+        return f"epsilon={self.epsilon}"
+
+
+def _cutnorm(shape: Shape) -> tuple[nn.Module, Shape]:
+    return CutNorm(), shape
+
+
 def _relu(shape: Shape) -> tuple[nn.Module, Shape]:
     return nn.ReLU(), shape
 
@@ -96,6 +128,7 @@ LAYERS: dict[str, Callable[..., tuple[nn.Module, Shape]]] = {
     "relu": _relu,
     "square": _square,
     "quad": _quad,
+    "cutnorm": _cutnorm,
 }
 
 NONLINEAR_KINDS = frozenset({"relu", "square", "quad"})

@@ -13,6 +13,10 @@ Why the default partition looks the way it does (issues 9 and 10):
 - **A narrow cut.** The private partition ends in a linear layer to ``CUT_WIDTH`` (32)
   values per sample: the less the owner sees, the less an inverse network or a
   white-box inversion recovers.
+- **A normalised cut.** ``cutnorm`` scales each sample's 32 values to mean square
+  below 1, so the reveal noise (``TrainConfig.reveal_noise_sigma``) bounds what the
+  owner learns per image whatever the private weights become, and training under
+  noise stays stable.
 - **A plaintext head that widens again**, cut → 256 → ReLU → classes. It restores
   capacity (ReLU is free in plaintext) and its 256 × 32 first weight is the largest
   Linear weight of the plaintext partition, which the fingerprint key picks as its
@@ -152,9 +156,11 @@ def _private_features(*, conv1: LayerSpec, pool: int, hidden: int) -> list[Layer
 
 
 def _cut_and_head(num_classes: int) -> list[LayerSpec]:
-    """The narrow linear cut (last private layer), then the plaintext head that widens again."""
+    """The narrow linear cut, normalised per sample (the last private layers), then the
+    plaintext head that widens again."""
     return [
         {"kind": "linear", "out": CUT_WIDTH},
+        {"kind": "cutnorm"},
         {"kind": "linear", "out": HEAD_WIDTH},
         {"kind": "relu"},
         {"kind": "linear", "out": num_classes},
@@ -193,16 +199,17 @@ def _cifar_layers(num_classes: int) -> list[LayerSpec]:
 class Preset:
     input_shape: tuple[int, int, int]
     layers: Callable[[int], list[LayerSpec]]
-    default_split: int  # everything up to and including the narrow linear cut
+    default_split: int  # everything up to and including the normalised narrow cut
 
 
 # Layer indices mean the same depth in the digits and MNIST presets: split 1 reveals
 # conv1's output, 3 the fast, non-private conv → pool → quad of earlier versions, 5 adds
-# conv2 and its quad, 8 the 64/128-wide quad output, 9 (default) the 32-wide cut.
+# conv2 and its quad, 8 the 64/128-wide quad output, 9 the 32-wide cut before its
+# normalisation, 10 (default) the normalised cut.
 PRESETS: dict[str, Preset] = {
-    "digits-cnn": Preset((1, 8, 8), _digits_layers, default_split=9),
-    "mnist-cnn": Preset((1, 28, 28), _mnist_layers, default_split=9),
-    "cifar-cnn": Preset((3, 32, 32), _cifar_layers, default_split=13),
+    "digits-cnn": Preset((1, 8, 8), _digits_layers, default_split=10),
+    "mnist-cnn": Preset((1, 28, 28), _mnist_layers, default_split=10),
+    "cifar-cnn": Preset((3, 32, 32), _cifar_layers, default_split=14),
 }
 
 

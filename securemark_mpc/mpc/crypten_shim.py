@@ -12,6 +12,14 @@ Why each patch exists (see DESIGN.md, "Known CrypTen 0.4.1 pitfalls"):
   input needs no gradient (and the kernel gradient when the kernel is public).
 * The quadratic activation x + a·x² gets its own autograd function with one
   truncation each way (`securemark_mpc.mpc.fused_quadratic`).
+* Beaver products run two kernels per party instead of three (exact float64 limbs
+  where they pay off), a convolution's kernel gradient is one matrix product, and a
+  layer's input and weight gradients are opened and truncated together
+  (`securemark_mpc.mpc.fast_beaver`).
+* Every attribute lookup on a CrypTensor asked CrypTen's (omegaconf) config whether
+  its debug validation mode is on, a few µs each and thousands of times per batch;
+  with validation off (CrypTen's default, never changed here) the lookup is used
+  unwrapped.
 
 Everything else in the package gets CrypTen through :func:`load_crypten`.
 """
@@ -24,6 +32,8 @@ import sys
 import types
 from typing import Any
 
+from securemark_mpc.mpc import fast_beaver
+from securemark_mpc.mpc.fused_cutnorm import register as register_fused_cutnorm
 from securemark_mpc.mpc.fused_quadratic import register as register_fused_quadratic
 
 COMM_TIMEOUT_SECONDS = 45.0
@@ -60,6 +70,7 @@ def _bound_process_group_timeout(timeout_seconds: float) -> None:
 
 def _conv2d_backward_only_what_is_needed() -> None:
     from crypten.gradients import AutogradConv2D
+    from crypten.mpc import MPCTensor
 
     original = AutogradConv2D.backward
     if getattr(original, "_securemark_patched", False):
@@ -69,29 +80,75 @@ def _conv2d_backward_only_what_is_needed() -> None:
         inputs, kernel = ctx.saved_tensors[0], ctx.saved_tensors[1]
         input_needed = getattr(inputs, "requires_grad", False)
         kernel_needed = getattr(kernel, "requires_grad", False)
-        if input_needed and kernel_needed:
-            return original(ctx, grad_output)
         padding, stride, dilation, groups = ctx.saved_tensors[2:]
-        grad_input = grad_kernel = None
+        private = all(isinstance(t, MPCTensor) for t in (inputs, kernel))
+        if groups != 1 or not private:
+            if input_needed and kernel_needed:
+                return original(ctx, grad_output)
+            grad_input = grad_kernel = None
+            if input_needed:
+                grad_input = _input_gradient(
+                    grad_output, inputs, kernel, stride, padding, dilation, groups
+                )
+            if kernel_needed:
+                grad_kernel = _kernel_gradient(
+                    inputs, kernel, grad_output, stride, padding, dilation, groups
+                )
+            return (grad_input, grad_kernel)
+        # groups = 1, both shared: the needed gradients as products opened and truncated together
+        wanted = {}
         if input_needed:
-            grad_input = grad_output.conv_transpose2d(
+            wanted["input"] = (
+                "conv_transpose2d",
+                grad_output,
                 kernel,
-                stride=stride,
-                padding=padding,
-                output_padding=_output_padding(
-                    grad_output, inputs, kernel, stride, padding, dilation
-                ),
-                groups=groups,
-                dilation=dilation,
+                {
+                    "stride": stride,
+                    "padding": padding,
+                    "output_padding": _output_padding(
+                        grad_output, inputs, kernel, stride, padding, dilation
+                    ),
+                    "dilation": dilation,
+                },
             )
         if kernel_needed:
-            grad_kernel = _kernel_gradient(
-                inputs, kernel, grad_output, stride, padding, dilation, groups
+            wanted["kernel"] = (
+                "conv2d_weight",
+                inputs,
+                grad_output,
+                {
+                    "kernel_size": tuple(kernel.size()[2:]),
+                    "stride": stride,
+                    "padding": padding,
+                    "dilation": dilation,
+                },
             )
+        products = fast_beaver.fixed_point_products(list(wanted.values()))
+        results = dict(zip(wanted, products, strict=True))
+        grad_input, grad_kernel = results.get("input"), results.get("kernel")
         return (grad_input, grad_kernel)
 
     backward._securemark_patched = True  # type: ignore[attr-defined]
     AutogradConv2D.backward = staticmethod(backward)
+
+
+def _input_gradient(
+    grad_output: Any,
+    inputs: Any,
+    kernel: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: int,
+) -> Any:
+    return grad_output.conv_transpose2d(
+        kernel,
+        stride=stride,
+        padding=padding,
+        output_padding=_output_padding(grad_output, inputs, kernel, stride, padding, dilation),
+        groups=groups,
+        dilation=dilation,
+    )
 
 
 def _output_padding(
@@ -139,6 +196,15 @@ def _kernel_gradient(
     return grad.narrow(2, 0, kernel_y).narrow(3, 0, kernel_x)
 
 
+def _lookup_without_validation_check() -> None:
+    from crypten.config import cfg
+    from crypten.cryptensor import CrypTensor
+
+    lookup = CrypTensor.__getattribute__
+    if not cfg.debug.validation_mode and hasattr(lookup, "__wrapped__"):
+        CrypTensor.__getattribute__ = lookup.__wrapped__
+
+
 def load_crypten(*, timeout_seconds: float = COMM_TIMEOUT_SECONDS) -> Any:
     """Import CrypTen once, with the shims above applied, and return the module."""
     global _crypten
@@ -148,6 +214,9 @@ def load_crypten(*, timeout_seconds: float = COMM_TIMEOUT_SECONDS) -> Any:
         import crypten
 
         _conv2d_backward_only_what_is_needed()
+        _lookup_without_validation_check()
+        fast_beaver.register(crypten)
         register_fused_quadratic(crypten)
+        register_fused_cutnorm(crypten)
         _crypten = crypten
     return _crypten

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from securemark_mpc.mpc.prefetch import BULK, serve_bulk
+from securemark_mpc.mpc.ring_kernels import ring_op
 from securemark_mpc.mpc.session import PartyFailure, PeerLost
 
 TRIPLE_KINDS = frozenset({"additive", "square", "binary", "wraps", "B2A"})
@@ -35,6 +36,13 @@ def serve_triples(crypten: Any) -> None:
             self.comm_group = comm.ttp_comm_group
             self.device = "cpu"
             self._setup_generators()
+
+        def additive(self, size0: Any, size1: Any, op: str, *args: Any, **kwargs: Any) -> Any:
+            """CrypTen's triple, c = op(a, b) through the exact float64 ring kernels."""
+            a = self._get_additive_PRSS(size0)
+            b = self._get_additive_PRSS(size1)
+            c = ring_op(op, a, b, *args, **kwargs)
+            return c - self._get_additive_PRSS(c.size(), remove_rank=True)
 
         def serve(self) -> None:
             comm = crypten.communicator.get()

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from securemark_mpc.models.layers import Quadratic, Square
+from securemark_mpc.models.layers import CutNorm, Quadratic, Square
+from securemark_mpc.mpc.fused_cutnorm import NAME as FUSED_CUTNORM
 from securemark_mpc.mpc.fused_quadratic import NAME as FUSED_QUADRATIC
 
 
@@ -44,23 +45,28 @@ def _linear(crypten: Any, layer: nn.Linear) -> Any:
     return _copy_parameters(crypten.nn.Linear(layer.in_features, layer.out_features), layer)
 
 
-def _square(crypten: Any, layer: Square) -> Any:
-    class SquareModule(crypten.nn.Module):
-        def forward(self, x: Any) -> Any:
-            return x.square()
+def _tensor_method(crypten: Any, name: str, *args: Any) -> Any:
+    """A parameter-free CrypTen module computing ``x.<name>(*args)`` (a registered op)."""
 
-    return SquareModule()
+    class TensorMethod(crypten.nn.Module):
+        def forward(self, x: Any) -> Any:
+            return getattr(x, name)(*args)
+
+    return TensorMethod()
 
 
 def _quadratic(crypten: Any, layer: Quadratic) -> Any:
     """x + a·x²: one Beaver square and one truncation (securemark_mpc.mpc.fused_quadratic)."""
-    a = layer.a
+    return _tensor_method(crypten, FUSED_QUADRATIC, layer.a)
 
-    class QuadraticModule(crypten.nn.Module):
-        def forward(self, x: Any) -> Any:
-            return getattr(x, FUSED_QUADRATIC)(a)
 
-    return QuadraticModule()
+def _cutnorm(crypten: Any, layer: CutNorm) -> Any:
+    """Per-sample normalisation: securemark_mpc.mpc.fused_cutnorm."""
+    return _tensor_method(crypten, FUSED_CUTNORM, layer.epsilon)
+
+
+def _square(crypten: Any, layer: Square) -> Any:
+    return _tensor_method(crypten, "square")
 
 
 CONVERTERS: dict[type[nn.Module], Callable[[Any, Any], Any]] = {
@@ -71,6 +77,7 @@ CONVERTERS: dict[type[nn.Module], Callable[[Any, Any], Any]] = {
     nn.Flatten: lambda crypten, layer: crypten.nn.Flatten(),
     Square: _square,
     Quadratic: _quadratic,
+    CutNorm: _cutnorm,
 }
 
 

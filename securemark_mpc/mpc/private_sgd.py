@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from securemark_mpc.mpc.fast_beaver import truncated_shares
+
 # The per-sample learning rate (lr / batch, e.g. 0.1 / 64) rounded to 16 fractional
 # bits is off by up to 0.4%, which moves the weights by 1e-3 over two epochs; 8 more
 # bits make it 0.002%. Only the step lr * buffer is computed at that scale, so the
@@ -65,7 +67,7 @@ class PrivateSGD:
 
         buffers = [self._buffer(param) for param in trained]
         # buffer' = m * buffer + g, all buffers truncated together
-        updated = self._truncated(
+        updated = truncated_shares(
             [
                 buffer.share * round(momentum * scale) + param.grad.share * scale
                 for param, buffer in zip(trained, buffers, strict=True)
@@ -77,18 +79,6 @@ class PrivateSGD:
         # weight' = weight - lr * buffer': the steps of all weights truncated together,
         # with lr at LR_EXTRA_BITS more bits than the values (the step is small)
         finer = scale << LR_EXTRA_BITS
-        steps = self._truncated([buffer.share * round(lr * finer) for buffer in buffers], finer)
+        steps = truncated_shares([buffer.share * round(lr * finer) for buffer in buffers], finer)
         for param, step in zip(trained, steps, strict=True):
             param.share = param.share - step
-
-    @staticmethod
-    def _truncated(shares: list[torch.Tensor], divisor: int) -> list[torch.Tensor]:
-        """Divide many shared tensors by a public integer in one truncation."""
-        from crypten.mpc.primitives import ArithmeticSharedTensor
-
-        flat = ArithmeticSharedTensor.from_shares(
-            torch.cat([share.flatten() for share in shares]), precision=0
-        )
-        flat.div_(divisor)
-        pieces = flat.share.split([share.numel() for share in shares])
-        return [piece.view_as(share).clone() for piece, share in zip(pieces, shares, strict=True)]

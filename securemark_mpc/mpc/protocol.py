@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import resource
 import sys
 import time
@@ -33,11 +32,14 @@ from securemark_mpc.models import (
     save_model,
 )
 from securemark_mpc.mpc import checkpoint
+from securemark_mpc.mpc.joint_init import draw_jointly
 from securemark_mpc.mpc.prefetch import PrefetchingDealer
 from securemark_mpc.mpc.private_partition import encrypt_layers
 from securemark_mpc.mpc.private_sgd import PrivateSGD
 from securemark_mpc.mpc.reveal import MODEL_OWNER, reveal
+from securemark_mpc.mpc.reveal_noise import SharedRevealNoise
 from securemark_mpc.mpc.session import PartyAddress, PartyFailure, exchange_handshake
+from securemark_mpc.mpc.sharing import share_from
 from securemark_mpc.progress import progress_bar
 from securemark_mpc.run_folder import RunFolder
 
@@ -100,14 +102,6 @@ def batch_order(*, seed: int, epoch: int, size: int) -> torch.Tensor:
     return torch.randperm(size, generator=generator)
 
 
-def _share_from(
-    crypten: Any, *, rank: int, src: int, value: torch.Tensor | None, shape: tuple[int, ...]
-) -> Any:
-    """Secret-share a tensor that only party `src` holds; the others pass its shape."""
-    plain = value if rank == src else torch.zeros(shape)
-    return crypten.cryptensor(plain, src=src)
-
-
 class PhaseProfile:
     """Where a training epoch's time and communication go, phase by phase (built-in profile)."""
 
@@ -150,9 +144,11 @@ class SplitTrainer:
         self.spec: ModelSpec = config.model_spec(data.info)
         self.test = data.images if self.is_owner else None
         self.shard = data.images if not self.is_owner else None
-        # Reveal noise must be secret from the model owner: seeded from the OS, never from the config.
-        self.noise_generator = torch.Generator().manual_seed(
-            int.from_bytes(os.urandom(8), "little") >> 1
+        self.noise = SharedRevealNoise(
+            crypten,
+            rank=self.rank,
+            data_owners=config.data_owners,
+            sigma=config.reveal_noise_sigma,
         )
         self.profile = PhaseProfile(crypten)
 
@@ -183,7 +179,7 @@ class SplitTrainer:
             mine = self.rank == owner
             plain = values(self.shard) if mine and self.shard is not None else None
             shared.append(
-                _share_from(
+                share_from(
                     self.crypten, rank=self.rank, src=owner, value=plain, shape=(size, *shape)
                 )
             )
@@ -212,15 +208,19 @@ class SplitTrainer:
         images, labels = self._share_training_data(shard_sizes)
         test_images = None  # the owner's own test images, shared once for per-epoch MPC evaluation
         if config.eval_each_epoch:
-            test_images = _share_from(
+            test_images = share_from(
                 crypten,
                 rank=self.rank,
                 src=MODEL_OWNER,
                 value=self.test.images if self.test is not None else None,
                 shape=(test_size, *self.spec.input_shape),
             )
-        model = build_model(self.spec, seed=config.seed)  # only the owner's values are used
+        model = build_model(self.spec, seed=config.seed)  # the owner's head; private: see below
         private = encrypt_layers(crypten, private_part(model, self.spec), src=MODEL_OWNER)
+        if not config.seeded_private_init:
+            draw_jointly(
+                crypten, private, spec=self.spec, rank=self.rank, data_owners=config.data_owners
+            )
         private_optimizer = PrivateSGD(
             crypten, private.parameters(), lr=config.learning_rate, momentum=config.momentum
         )
@@ -343,7 +343,7 @@ class SplitTrainer:
         phase = self.profile.phase
         with phase("private forward (MPC)"):
             hidden = private(images[indices])
-            noised = self._noised(hidden)
+            noised = self.noise.add(hidden)
         with phase("reveal to owner"):
             revealed = reveal(noised, kind="activations", rank=self.rank)
         gradient, loss, hits = None, 0.0, 0
@@ -352,7 +352,7 @@ class SplitTrainer:
                 owner.revealed.record(indices, revealed)
                 gradient, loss, hits = self._owner_step(owner, revealed, owner.labels[indices])
         with phase("share gradient"):
-            shared_gradient = _share_from(
+            shared_gradient = share_from(
                 self.crypten,
                 rank=self.rank,
                 src=MODEL_OWNER,
@@ -379,28 +379,6 @@ class SplitTrainer:
         owner.optimizer.step()
         hits = int((logits.argmax(dim=1) == labels).sum())
         return revealed.grad.detach(), float(loss.detach()), hits
-
-    def _noised(self, hidden: Any) -> Any:
-        """h + n under MPC, n ~ N(0, σ²) summed from every data owner's secret share.
-
-        Each data owner adds N(0, σ²/k) of its own, so the model owner, who knows
-        none of them, cannot subtract the noise.
-        """
-        sigma = self.config.reveal_noise_sigma
-        if sigma == 0:
-            return hidden
-        owners = self.config.data_owners
-        shape = tuple(hidden.size())
-        for owner in range(1, owners + 1):
-            noise = None
-            if self.rank == owner:
-                noise = torch.randn(shape, generator=self.noise_generator) * (
-                    sigma / math.sqrt(owners)
-                )
-            hidden = hidden + _share_from(
-                self.crypten, rank=self.rank, src=owner, value=noise, shape=shape
-            )
-        return hidden
 
     def _forward_reveal(self, private: Any, images: Any) -> torch.Tensor | None:
         """Forward-only private pass in batches over the owner's own test images (which

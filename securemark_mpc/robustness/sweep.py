@@ -26,6 +26,7 @@ from securemark_mpc.data import LabeledImages
 from securemark_mpc.fingerprint.align import ALIGNMENT_IMAGES, align
 from securemark_mpc.fingerprint.embed import embed
 from securemark_mpc.fingerprint.extract import extract
+from securemark_mpc.fingerprint.guide import CarrierGuide
 from securemark_mpc.fingerprint.key import FingerprintKey, codeword_for
 from securemark_mpc.fingerprint.verify import verify_model
 from securemark_mpc.models import ModelSpec
@@ -34,12 +35,20 @@ from securemark_mpc.plaintext import accuracy
 COLLUSION_SIZES = (2, 3, 5)
 FUNCTION_PRESERVING = frozenset({"permute", "rescale", "dummy"})
 # Chains a thief who has read this repository would try: the classic pipeline, all the
-# obfuscations at once (at most 2x dummy units), and the adaptive attacks combined.
+# obfuscations at once (at most 2x dummy units), the adaptive attacks combined, and the
+# obfuscations followed by each attack that rewrites what identifies a unit, so that
+# alignment must pair units the thief has made hard to recognise. (rescale:3 before a
+# training attack makes its fine-tuning diverge: the thief gets a useless model.)
 DEFAULT_CHAINS = (
     "prune:0.5,finetune-all:5,quantize:6",
     "permute:1,rescale:3,dummy:1",
     "dormant-reinit:0.99,fine-prune:0.5",
     "permute:1,dummy:1,dormant-project:0.99,finetune-all:10",
+    "permute:1,dummy:1,dormant-reinit:0.99,finetune-all:10",
+    "permute:1,rescale:1,dummy:1,fine-prune:0.2,finetune-all:5",
+    "permute:1,rescale:1,dummy:1,quantize:4",
+    "permute:1,dummy:1,noise:0.2",
+    "permute:1,rescale:1,dummy:1,dormant-reinit:0.999,dormant-project:0.99,finetune-all:20",
 )
 ACCURACY_SLACK = 0.01  # attacks that keep accuracy within 1 pp of the copy must not win
 
@@ -94,12 +103,23 @@ class _Scorer:
     key: FingerprintKey
     reference: nn.Sequential
     test: LabeledImages
+    guide: CarrierGuide
 
     def __call__(self, attacked: nn.Sequential, leakers: list[int]) -> dict[str, Any]:
+        if not all(torch.isfinite(p).all() for p in attacked.parameters()):
+            # the attack's training diverged: a useless model that reads as nothing
+            return {
+                "test_accuracy": accuracy(attacked, self.test),
+                "ber": 0.5,
+                "ours": False,
+                "traced": False,
+                "framed": False,
+            }
         aligned = align(
             suspect=attacked,
             reference=self.reference,
             images=self.test.images[:ALIGNMENT_IMAGES],
+            guide=self.guide,
         )
         report = verify_model(
             model=aligned.model,
@@ -166,11 +186,16 @@ def sweep(
     reference: nn.Sequential,
     context: AttackContext,
     test: LabeledImages,
+    features: torch.Tensor,
     config: RobustnessConfig,
 ) -> dict[str, Any]:
-    """Every attack at every strength, every chain; collusion attacks for 2, 3 and 5 colluders."""
+    """Every attack at every strength, every chain; collusion attacks for 2, 3 and 5 colluders.
+
+    ``features`` are the owner's cut-layer features, which tell where marks live.
+    """
     rng = np.random.default_rng(config.seed)
-    score = _Scorer(population=population, key=key, reference=reference, test=test)
+    guide = CarrierGuide.of(key=key, model=reference, spec=context.spec, features=features)
+    score = _Scorer(population=population, key=key, reference=reference, test=test, guide=guide)
     copies_accuracy = [accuracy(copy, test) for copy in population.copies]
     results: dict[str, Any] = {
         "unmarked_test_accuracy": accuracy(reference, test),
