@@ -14,8 +14,11 @@ RUN/logs/           each party's output when launched locally
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,17 @@ from securemark_mpc.config import ConfigError, TrainConfig
 @dataclass(frozen=True)
 class RunFolder:
     root: Path
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """An exclusive lock on RUN/.NAME.lock, so that two commands on one run take turns."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     @property
     def model_path(self) -> Path:

@@ -11,10 +11,7 @@ issues cannot make two different keys.
 
 from __future__ import annotations
 
-import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,16 +52,6 @@ def key_path(run: RunFolder) -> Path:
 
 def queries_path(run: RunFolder) -> Path:
     return run.root / QUERIES_NAME
-
-
-@contextmanager
-def _lock(run: RunFolder) -> Iterator[None]:
-    fd = os.open(run.root / ".blackbox.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray], *, mode: int) -> None:
@@ -132,8 +119,7 @@ def ensure_blackbox(
     ``seed`` makes the key reproducible (tests, benchmarks); by default it comes from
     OS entropy. ``config`` only matters when the key is made.
     """
-    run.root.mkdir(parents=True, exist_ok=True)
-    with _lock(run):
+    with run.lock("blackbox"):
         if key_path(run).exists():
             return load_blackbox(run)
         config = config or BehaviourConfig()

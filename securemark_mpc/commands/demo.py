@@ -24,6 +24,7 @@ from securemark_mpc.config import ConfigError, TrainConfig
 from securemark_mpc.data import load_splits
 from securemark_mpc.fingerprint.copies import issue_copy, verify_file
 from securemark_mpc.fingerprint.key import load_key
+from securemark_mpc.fingerprint.trace import TraceReport
 from securemark_mpc.models import load_model
 from securemark_mpc.models.model_file import read_run_spec
 from securemark_mpc.plaintext import accuracy
@@ -69,16 +70,20 @@ def fingerprint_story(run: RunFolder, *, leaker: str) -> int:
         f"[3/5] a copy leaks: {leaker}'s copy turns up as {leaked}, re-saved as a bare state dict"
     )
     print(f"[4/5] securemark verify --run {run.root} {leaked}")
-    report, customers = verify_file(run=run, suspect=leaked)
-    for line in describe(report, customers=customers):
-        print(INDENT + line)
-    accused = [a.customer for a in report.accused]
-    correct = accused == [leaker]
+    accused, correct = _show_verdict(*verify_file(run=run, suspect=leaked), leaker=leaker)
     print(
         f"who leaked it: {', '.join(accused) or 'nobody'} "
         f"({'correct' if correct else 'WRONG'}: the leaker was {leaker})"
     )
     return 0 if correct and blackbox_story(run, leaked=leaked, leaker=leaker) else 1
+
+
+def _show_verdict(report: TraceReport, customers: int, *, leaker: str) -> tuple[list[str], bool]:
+    """Print a verdict as `verify` does; return who was accused and whether that is right."""
+    for line in describe(report, customers=customers):
+        print(INDENT + line)
+    accused = [a.customer for a in report.accused]
+    return accused, accused == [leaker]
 
 
 def blackbox_story(run: RunFolder, *, leaked: Path, leaker: str) -> bool:
@@ -92,10 +97,7 @@ def blackbox_story(run: RunFolder, *, leaked: Path, leaker: str) -> bool:
             f"--run {run.root} --endpoint {server.url} asks it {len(queries)} keyed queries"
         )
         report, customers = verify_answers(run=run, source=AnswerSource(endpoint=server.url))
-    for line in describe(report, customers=customers):
-        print(INDENT + line)
-    accused = [a.customer for a in report.accused]
-    correct = accused == [leaker]
+    accused, correct = _show_verdict(report, customers, leaker=leaker)
     print(
         f"who leaked it, from {len(queries)} top-1 answers alone: {', '.join(accused) or 'nobody'} "
         f"({'correct' if correct else 'WRONG'}; {key.length}-position behavioural code, "

@@ -8,12 +8,9 @@ registry holds the customer, so a refused issue never overwrites an existing cop
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,17 +91,6 @@ def ensure_key(
     return key, True
 
 
-@contextmanager
-def _issue_lock(run: RunFolder) -> Iterator[None]:
-    run.root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run.root / ".issue.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -131,7 +117,7 @@ def issue_copy(
     spec = read_run_spec(run.model_path)
     model, _ = load_model(run.model_path, expected=spec)
     features, labels = load_features(run)
-    with _issue_lock(run):
+    with run.lock("issue"):
         key, created = ensure_key(run=run, spec=spec, config=config, seed=key_seed)
         registry = Registry(run.registry_path)
         known = registry.get(name)

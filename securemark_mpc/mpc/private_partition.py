@@ -1,8 +1,9 @@
 """The private partition under CrypTen: built from the same torch layers, kept shared.
 
 Each torch layer type maps to a small converter in a registry. Weights are encrypted
-from the model owner's values (it initialised the model), stay secret-shared for
-the whole run, and are revealed to the owner only at the end.
+from one party's values (in training the data owners then replace them with their
+joint draw, ``mpc.joint_init``), stay secret-shared for the whole run, and are
+revealed to the owner only at the end.
 
 A convolution followed by average pooling is run as ONE strided convolution whose
 kernel is the conv kernel blurred by the pooling box (both are linear, so the result
