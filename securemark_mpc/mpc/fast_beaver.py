@@ -39,7 +39,7 @@ _crypten: Any = None  # set by register()
 Request = tuple[str, Any, Any, dict[str, Any]]  # op, x, y (ArithmeticSharedTensors), kwargs
 
 
-def _products(requests: list[Request]) -> list[Any]:
+def untruncated_products(requests: list[Request]) -> list[Any]:
     """Independent Beaver products with ONE opening round for all of them; results are
     untruncated (precision 0), as CrypTen's protocol returns them."""
     primitives = _crypten.mpc.primitives
@@ -74,7 +74,7 @@ def _protocol(crypten: Any, original: Any) -> Any:
     def beaver_protocol(op: str, x: Any, y: Any, **kwargs: Any) -> Any:
         if cfg.mpc.active_security:  # CrypTen's triple check: keep its own protocol
             return original(op, x, y, **kwargs)
-        return _products([(op, x, y, kwargs)])[0]
+        return untruncated_products([(op, x, y, kwargs)])[0]
 
     return beaver_protocol
 
@@ -99,9 +99,16 @@ def fixed_point_products(requests: list[Request]) -> list[Any]:
     scales = {t._tensor.encoder.scale for _, x, y, _ in requests for t in (x, y)}
     if len(scales) != 1:
         raise ValueError(f"fixed-point products need one scale, got {sorted(scales)}")
-    raw = _products([(op, x._tensor, y._tensor, kwargs) for op, x, y, kwargs in requests])
+    raw = untruncated_products(
+        [(op, x._tensor, y._tensor, kwargs) for op, x, y, kwargs in requests]
+    )
     shares = truncated_shares([product.share for product in raw], scales.pop())
-    return [_crypten.mpc.MPCTensor.from_shares(share) for share in shares]
+    return [fixed_point_tensor(share) for share in shares]
+
+
+def fixed_point_tensor(share: torch.Tensor) -> Any:
+    """The MPCTensor (CrypTen's fixed-point encoding) of which this party holds `share`."""
+    return _crypten.mpc.MPCTensor.from_shares(share)
 
 
 def _matmul_backward(crypten: Any) -> Any:
