@@ -105,6 +105,8 @@ def test_verify_traces_a_copy_to_its_customer(run, capsys, name):
     assert verdict["scores"][name] >= verdict["threshold"]
     assert verdict["accusations"][0]["p_value"] <= verdict["epsilon"]
     assert verdict["bound"] == "chernoff-union" and math.isfinite(verdict["ours_p_value"])
+    # both marks move the carrier's units, but an untouched copy reports nothing undone
+    assert verdict["alignment"]["changed"] is False
 
 
 def test_verify_says_why_in_words(run, capsys):
@@ -267,6 +269,18 @@ def test_an_obfuscated_copy_made_by_the_attack_command_is_traced(run, tmp_path, 
     assert all(layer["suspect_units"] == 2 * layer["units"] for layer in layers)
     assert all(layer["folded"] + layer["dropped"] == layer["units"] for layer in layers)
     assert sum(layer["permuted"] for layer in layers) > 0
+
+
+def test_a_rescaled_copy_reports_the_carrier_units_it_rescaled(run, tmp_path, capsys):
+    out = tmp_path / "rescaled.pt"
+    args = ["attack", "rescale:2", "--run", str(run.root), "--out", str(out)]
+    assert main([*args, "--model", str(run.copy_path("bob"))]) == 0
+    capsys.readouterr()
+    code, verdict = verify_json(run, out, capsys)
+    assert code == 0 and verdict["accused"] == ["bob"]
+    carrier = verdict["alignment"]["layers"][-1]  # the head's hidden units, in front of the output
+    # a log-uniform factor in [e^-2, e^2] leaves about 2.5% of units within 5% of 1
+    assert carrier["rescaled"] >= 0.9 * carrier["units"] and carrier["permuted"] == 0
 
 
 @pytest.mark.parametrize(

@@ -198,8 +198,10 @@ def _match_outputs(
     another unit matches clearly better. This looks at the suspect alone, never at a
     codeword, so the false-accusation bound is untouched. A ``guide`` then re-pairs
     the units (the carrier's, reading the key's projections: :mod:`.guide`).
-    The outgoing weights also give the scale (a unit scaled by a sends 1/a of its
-    weights on), which a mark leaves alone; elsewhere it is the activations' ratio.
+    The scale: for the carrier's units (with a ``guide``), from each row's part outside
+    the mark subspace, which no mark moves (:meth:`.guide.CarrierGuide.dormant_scales`);
+    for the other units feeding the output layer, from the outgoing weights (a unit
+    scaled by a sends 1/a of its weights on); elsewhere the activations' ratio.
     Returns the chosen suspect index per reference unit, the unit map for the next
     layer's inputs, and the report line.
     """
@@ -220,6 +222,8 @@ def _match_outputs(
             similarity=correlation, rows=incoming[1], reference=incoming[0], chosen=chosen_t
         )
     scale = _scales(s[:, chosen_t], r, torch.ones(n_r, dtype=torch.float64))
+    if guide is not None:
+        scale = guide.dormant_scales(incoming[1][chosen_t], incoming[0], fallback=scale)
     weight = torch.zeros(n_s, n_r, dtype=torch.float64)
     weight[chosen_t, torch.arange(n_r)] = scale
     extra = sorted(set(range(n_s)) - set(chosen_t.tolist()))
@@ -234,7 +238,7 @@ def _match_outputs(
                 )
                 weight[unit, best] = float(ratio) * float(scale[best])
                 folded += 1
-    if outgoing is not None:
+    if outgoing is not None and guide is None:
         # each member's scale against its representative (a dead representative: none)
         relative = torch.where(scale.abs() > SILENT, weight / scale.clamp_min(SILENT), 0.0)
         sent = (relative.T @ outgoing[1]).norm(dim=1)

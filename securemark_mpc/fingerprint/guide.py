@@ -53,6 +53,7 @@ GUIDE_WEIGHT = 0.5  # gain of a correct pair ≈ 1.4 on digits; more overrides t
 GUIDE_CANDIDATES = 20  # a position may take only its most similar suspect units
 GUIDE_ROUNDS = 30  # alternations; it settles in a handful
 TINY = 1e-300
+INTACT_COSINE = 0.99  # a row's part outside E still the reference's, up to scale
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,24 @@ class CarrierGuide:
         return (
             dot / norm.clamp_min(TINY) / reference.norm(dim=1, keepdim=True).clamp_min(TINY)
         ).numpy()
+
+    def dormant_scales(
+        self, rows: torch.Tensor, reference: torch.Tensor, *, fallback: torch.Tensor
+    ) -> torch.Tensor:
+        """Each paired row's positive scale against the reference's, read outside E.
+
+        Both marks move a carrier unit's magnitude (the weight mark its response, the
+        behavioural tilt its outgoing weights), but neither touches a row's part outside
+        E, so there an untouched row has scale exactly 1 and a thief's rescaling shows
+        as it is. Where a thief rewrote that part (its cosine with the reference's below
+        INTACT_COSINE), ``fallback`` stays.
+        """
+        _, dormant, k = self._parts(rows, reference)
+        outside = rows.double().flatten(1) - rows.double().flatten(1) @ self.excited.double()
+        cosine = (outside * dormant).sum(1) / (outside.norm(dim=1) * dormant.norm(dim=1)).clamp_min(
+            TINY
+        )
+        return torch.where(cosine >= INTACT_COSINE, k.diagonal(), fallback.double())
 
     def restore(self, rows: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """Row r of the suspect (already at reference position r), its part outside E
