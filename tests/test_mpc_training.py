@@ -61,3 +61,44 @@ def test_activations_have_the_cut_layer_shape(mpc_small_run):
     for event in events:
         if event["kind"] == "activations":
             assert tuple(event["shape"][1:]) == spec.cut_shape
+
+
+def test_the_owner_leaves_wrapped_reveals_out_of_its_step():
+    """A truncation that wrapped reveals a value near 2^32; the owner's head must not
+    learn from it, nor send a gradient for it, and the other rows step as before."""
+    from types import SimpleNamespace
+
+    from securemark_mpc.config import TrainConfig
+    from securemark_mpc.models import build_model, make_spec
+    from securemark_mpc.mpc.protocol import OwnerState, SplitTrainer, wrapped_free
+
+    spec = make_spec(input_shape=(1, 8, 8), num_classes=10)
+
+    def owner() -> OwnerState:
+        model = build_model(spec, seed=0)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        return OwnerState(model=model, optimizer=optimizer, labels=torch.zeros(0))
+
+    trainer = SimpleNamespace(spec=spec, config=TrainConfig())
+    revealed = torch.randn(6, *spec.cut_shape, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(6)
+    wrapped = revealed.clone()
+    wrapped[2, 5] = 2.0**32
+    wrapped[4, 0] = float("nan")
+    intact = wrapped_free(wrapped)
+    assert intact.tolist() == [True, True, False, True, False, True]
+
+    clean, guarded = owner(), owner()
+    keep = intact.nonzero().squeeze(1)
+    expected, *_ = SplitTrainer._owner_step(
+        trainer, clean, revealed[keep], labels[keep], intact=torch.ones(4, dtype=torch.bool)
+    )
+    gradient, loss, hits = SplitTrainer._owner_step(
+        trainer, guarded, wrapped, labels, intact=intact
+    )
+    assert torch.isfinite(gradient).all() and loss == loss
+    assert (gradient[~intact] == 0).all()
+    # per row, the gradient of the batch-mean loss over all 6 rows
+    assert torch.allclose(gradient[intact], expected * 4 / 6)
+    for a, b in zip(clean.model.parameters(), guarded.model.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -17,11 +17,14 @@ Shape = tuple[int, ...]
 LayerSpec = dict[str, Any]
 
 QUAD_COEFFICIENT = 0.25  # a in x + a·x²: chosen on MNIST-t10k and digits in plaintext
-# CutNorm divides each sample by √(mean square + ε). Under MPC the inverse square root of
-# (mean square + ε)/CUTNORM_RANGE is CrypTen's, accurate on [0.1, 160], hence for
-# per-sample mean squares up to ~1,280 (the twin saw at most 134 on digits).
+# CutNorm divides each sample by √(mean square + ε). Under MPC (mpc/fused_cutnorm.py) the
+# inverse square root starts from CrypTen's approximation on (mean square + ε)/CUTNORM_RANGE,
+# good on [0.1, 160], and Newton steps widen that: accurate for per-sample mean squares up
+# to 100,000. The scale of the cut's input grows during training (cutnorm makes the layer
+# in front scale-invariant, and SGD steps orthogonal to a weight lengthen it): the MNIST
+# twin ends near 20,000 at its largest, digits near 330.
 CUTNORM_EPSILON = 1.0
-CUTNORM_RANGE = 8.0
+CUTNORM_RANGE = 1024.0  # a power of 4: its root is a power of 2
 
 
 def _conv(

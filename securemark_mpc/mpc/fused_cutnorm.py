@@ -1,26 +1,32 @@
 """CutNorm under MPC: y = x / √(mean(x²) + ε) per sample, with a hand-written backward.
 
-Every opening and every truncation is a round between the parties, and on these
-machines a round of a small tensor costs milliseconds whatever its size, so this layer
-is written for few rounds (35 forward, 7 backward; CrypTen's ``inv_sqrt`` route took 49
-forward, 8 backward):
+Every opening and every truncation is a round between the parties, so this layer is
+written for few rounds over a wide range: 56 forward, 7 backward, for per-sample mean
+squares up to 100,000 (CrypTen's ``inv_sqrt`` route: 49 forward, 8 backward, exact to
+1,280 only):
 
-* **Argument.** v = (mean square + ε)/CUTNORM_RANGE. The four public scalings of
-  Σx² that the start and the steps need take one truncation together.
-* **Start.** CrypTen's 2.2·exp(−(v/2 + 0.2)) + 0.2 − v/1024, with the factor 2.2
-  moved into the exponent and the exponential as (1 − t/128)^128: seven squarings
-  rather than CrypTen's eight, the same error over the range.
-* **Newton steps** y ← 1.5·y − (v/2·y)·y², four of them. The two inner products share
-  one opening and one truncation; 1.5·y is an integer multiple of the untruncated
-  shares, so the step costs two openings and two truncations (CrypTen: three
-  products and a public scaling). The last step also applies the public 1/√RANGE.
-  A Newton step for 1/√v never overshoots (y(1.5 − v/2·y²) ≤ 1/√v for y ≥ 0), so an
-  inaccurate root under-normalises, which only adds noise per signal.
+* **Argument.** v = (mean square + ε)/CUTNORM_RANGE, kept as v/2·2^HALF_EXTRA_BITS
+  (16 fractional bits alone leave v/2 1.5% coarse near v = 0); one truncation.
+* **Start.** CrypTen's 2.2·exp(−(v/2 + 0.2)) + 0.2 − v/1024, good for v in
+  [0.1, 160], with the factor 2.2 moved into the exponent and the exponential as
+  (1 − t/128)^128: v/256 and v/1024 in one truncation, then seven squarings.
+* **Newton steps** y ← 1.5·y − (v/2·y)·y², nine of them: the extra steps carry small
+  v (a start 10× too low gains 1.5× a step). The two inner products share one
+  opening and one truncation; 1.5·y is an integer multiple of the untruncated shares,
+  so a step costs two openings and two truncations (CrypTen: three products and a
+  public scaling). The last step divides by √RANGE, a power of two, by widening its
+  truncation. A Newton step for 1/√v never overshoots (y(1.5 − v/2·y²) ≤ 1/√v for
+  y ≥ 0), so an inaccurate root under-normalises, which only adds noise per signal.
 
-Relative error (16-bit fixed point, simulated in float64, cut width 32): ≤ 3e-4 for
-per-sample mean squares up to 100, ≤ 8e-4 up to 1,280. Past that the root shrinks in
-magnitude (more noise per signal: safe; its sign may flip above 1,640) up to about
-2,400, and is wrong beyond: see the README's residual risks.
+Why the wide range: the cut's input grows while training (the layer in front of the
+normalisation is scale-invariant, and SGD lengthens such weights). The MNIST-t10k
+default reaches per-sample mean squares of 20,000; with the previous range (exact to
+1,280) its MPC training went to NaN in the second epoch.
+
+Relative error, measured through CrypTen (cut width 32): ≤ 3.3e-3 for per-sample
+mean squares below 1, ≤ 4e-4 from 1 to 1,000, ≤ 3.6e-3 up to 100,000, ≤ 6e-3 up to
+210,000, always under-normalising; wrong beyond 210,000, where the start turns
+negative: see the README's residual risks.
 
 Backward, from y_i = r·x_i with r = (mean(x²) + ε)^(-1/2) over D values:
 ∂y_i/∂x_j = r·(δ_ij − y_i·y_j / D), so
@@ -41,16 +47,20 @@ from securemark_mpc.models.layers import CUTNORM_RANGE
 from securemark_mpc.mpc import fast_beaver
 
 NAME = "securemark_cutnorm"
-NEWTON_STEPS = 4
-EXP_SQUARINGS = 7  # exp(−t) ≈ (1 − t/128)^128; the base stays ≥ −1 up to mean squares of 4,000
-FACTOR_BITS = 22  # precision of the public factors of Σx² (_public_multiples)
+NEWTON_STEPS = 9
+EXP_SQUARINGS = 7  # exp(−t) ≈ (1 − t/128)^128; the base stays ≥ −1 up to mean squares of 520,000
+FACTOR_BITS = 23  # precision of the public factor of Σx² (_half)
+HALF_EXTRA_BITS = 6  # v/2 is kept ×64: at 16 bits alone it is 1.5% coarse near v = 0
 POWER = 2**EXP_SQUARINGS
 _START_SHIFT = 0.2 - math.log(2.2)  # 2.2·exp(−(h + 0.2)) = exp(−(h + _START_SHIFT))
+_GAIN_BITS = round(math.log2(CUTNORM_RANGE)) // 2  # 1/√RANGE = 2^-_GAIN_BITS
+if 4**_GAIN_BITS != CUTNORM_RANGE:
+    raise ValueError(f"CUTNORM_RANGE must be a power of 4, got {CUTNORM_RANGE}")
 
 
-def _newton_step(root: Any, half: Any, gain: float) -> Any:
-    """1.5·gain·root − (half·root)·root², two openings and two truncations; `half` is
-    already multiplied by `gain`."""
+def _newton_step(root: Any, half: Any, *, gain_bits: int = 0) -> Any:
+    """(1.5·root − (half·root)·root²) / 2^gain_bits, two openings and two truncations;
+    ``half`` is v/2 at HALF_EXTRA_BITS more bits (so v/2·2^HALF_EXTRA_BITS)."""
     scale = root._tensor.encoder.scale
     half_root, root_squared = fast_beaver.fixed_point_products(
         [("mul", half, root, {}), ("mul", root, root, {})]
@@ -58,39 +68,47 @@ def _newton_step(root: Any, half: Any, gain: float) -> Any:
     (cubic,) = fast_beaver.untruncated_products(
         [("mul", half_root._tensor, root_squared._tensor, {})]
     )
-    # both terms at scale², so one truncation: 1.5·gain·scale is a public integer
-    linear = root._tensor.share * round(1.5 * gain * scale)
-    (share,) = fast_beaver.truncated_shares([linear - cubic.share], scale)
+    # both terms at scale²·2^HALF_EXTRA_BITS, so one truncation: 1.5·scale is a public
+    # integer, and a power-of-two gain only widens the divisor (a gain folded into
+    # `half` instead would leave it a few units of 2^-16 for small mean squares)
+    linear = root._tensor.share * (round(1.5 * scale) << HALF_EXTRA_BITS)
+    divisor = scale << (HALF_EXTRA_BITS + gain_bits)
+    (share,) = fast_beaver.truncated_shares([linear - cubic.share], divisor)
     return fast_beaver.fixed_point_tensor(share)
 
 
-def _public_multiples(shared: Any, factors: list[float]) -> list[Any]:
-    """shared·c for each public c, in one truncation. CrypTen would encode a small c with
-    16 bits (1/1024 becomes 64/65536, 1/3000 loses 4%); here each c is an integer over
-    2^FACTOR_BITS; the untruncated products stay below mean square·2^34, far from the
-    ring's 2^63."""
-    shares = [shared._tensor.share * round(factor * 2**FACTOR_BITS) for factor in factors]
-    truncated = fast_beaver.truncated_shares(shares, 2**FACTOR_BITS)
-    return [fast_beaver.fixed_point_tensor(share) for share in truncated]
+def _half(sum_of_squares: Any, *, width: int, epsilon: float) -> Any:
+    """v/2·2^HALF_EXTRA_BITS in one truncation. CrypTen would encode the small public
+    factor with 16 bits (1/3000 loses 4%); here it is an integer over 2^FACTOR_BITS, and
+    the untruncated product stays below mean square·2^34, far from the ring's 2^63."""
+    factor = 2**HALF_EXTRA_BITS / (2 * width * CUTNORM_RANGE)
+    share = sum_of_squares._tensor.share * round(factor * 2**FACTOR_BITS)
+    (truncated,) = fast_beaver.truncated_shares([share], 2**FACTOR_BITS)
+    return fast_beaver.fixed_point_tensor(truncated) + epsilon * width * factor
+
+
+def _start(half: Any) -> Any:
+    """CrypTen's start 2.2·exp(−(v/2 + 0.2)) + 0.2 − v/1024, the exponential as
+    (1 − t/128)^128: v/256 and v/1024 are public shifts of `half`, one truncation."""
+    divisor = 2 ** (HALF_EXTRA_BITS + 9)  # half / 2^HALF_EXTRA_BITS / 512 = v/1024
+    shares = fast_beaver.truncated_shares(
+        [half._tensor.share * (512 // POWER), half._tensor.share], divisor
+    )
+    exponent, linear = (fast_beaver.fixed_point_tensor(share) for share in shares)
+    base = 1.0 - exponent - _START_SHIFT / POWER
+    for _ in range(EXP_SQUARINGS):
+        base = base.square()
+    return base + 0.2 - linear
 
 
 def inverse_square_root(sum_of_squares: Any, *, width: int, epsilon: float) -> Any:
     """1/√(mean square + ε) from Σx² over `width` values (module docstring)."""
-    half_factor = 0.5 / (width * CUTNORM_RANGE)  # v/2 = Σx²·half_factor + offset
-    offset = 0.5 * epsilon / CUTNORM_RANGE
-    last_gain = 1.0 / math.sqrt(CUTNORM_RANGE)  # the last step returns 1/√(mean square + ε)
-    half, exponent, linear, last_half = _public_multiples(
-        sum_of_squares,
-        [half_factor, half_factor / POWER, half_factor / 512, half_factor * last_gain],
-    )
-    half, last_half = half + offset, last_half + offset * last_gain
-    base = 1.0 - exponent - (offset + _START_SHIFT) / POWER
-    for _ in range(EXP_SQUARINGS):
-        base = base.square()
-    root = base + (0.2 - offset / 512) - linear
+    half = _half(sum_of_squares, width=width, epsilon=epsilon)
+    root = _start(half)
     for _ in range(NEWTON_STEPS - 1):
-        root = _newton_step(root, half, 1.0)
-    return _newton_step(root, last_half, last_gain)
+        root = _newton_step(root, half)
+    # the last step returns 1/√(mean square + ε) = 1/√v / √RANGE
+    return _newton_step(root, half, gain_bits=_GAIN_BITS)
 
 
 def register(crypten: Any) -> None:

@@ -44,6 +44,14 @@ from securemark_mpc.progress import progress_bar
 from securemark_mpc.run_folder import RunFolder
 
 EVAL_BATCH = 256
+# A revealed value above this is a wrapped truncation, not data. CrypTen's truncation
+# with a dealer ignores one wrap term (beaver.wraps: "eta_xr = 0 with probability
+# 1 - |x| / Q"), so each truncated element fails with odds |x|/2^64 and then moves by
+# about 2^64/divisor (2^32 in value units for a fixed-point product); a real value that
+# large would already have overflowed its own square. One such row once turned the
+# owner's loss to NaN and, through its gradient, every private weight (MNIST-t10k,
+# third epoch), so the owner leaves such rows out of its step instead.
+WRAPPED_VALUE = 1e5
 # Keep every epoch's revealed activations (for the multi-epoch audit) up to this many values.
 HISTORY_VALUES = 25_000_000
 
@@ -94,6 +102,13 @@ class OwnerState:
     labels: torch.Tensor
     history: list[dict[str, float]] = field(default_factory=list)
     revealed: RevealedActivations = field(default_factory=RevealedActivations)
+    wrapped_rows: int = 0  # revealed rows left out as wrapped truncations (WRAPPED_VALUE)
+
+
+def wrapped_free(revealed: torch.Tensor) -> torch.Tensor:
+    """Per row: finite and no value above WRAPPED_VALUE."""
+    flat = revealed.flatten(1)
+    return torch.isfinite(flat).all(dim=1) & (flat.abs() <= WRAPPED_VALUE).all(dim=1)
 
 
 def batch_order(*, seed: int, epoch: int, size: int) -> torch.Tensor:
@@ -256,6 +271,7 @@ class SplitTrainer:
             if config.eval_each_epoch:
                 record["test_accuracy"] = self._mpc_test_accuracy(private, test_images, owner)
             if owner is not None:
+                record["wrapped_rows"] = owner.wrapped_rows  # so far (WRAPPED_VALUE)
                 owner.history.append(record)
                 print(json.dumps(record), file=sys.stderr, flush=True)
             checkpoint.save(
@@ -349,8 +365,12 @@ class SplitTrainer:
         gradient, loss, hits = None, 0.0, 0
         with phase("owner plaintext step"):
             if owner is not None:
-                owner.revealed.record(indices, revealed)
-                gradient, loss, hits = self._owner_step(owner, revealed, owner.labels[indices])
+                intact = wrapped_free(revealed)
+                owner.wrapped_rows += int((~intact).sum())
+                owner.revealed.record(indices[intact], revealed[intact])
+                gradient, loss, hits = self._owner_step(
+                    owner, revealed, owner.labels[indices], intact=intact
+                )
         with phase("share gradient"):
             shared_gradient = share_from(
                 self.crypten,
@@ -366,19 +386,31 @@ class SplitTrainer:
             optimizer.step()
         return loss, hits
 
-    def _owner_step(self, owner: OwnerState, revealed: torch.Tensor, labels: torch.Tensor):
-        revealed = revealed.detach().requires_grad_(True)
+    def _owner_step(
+        self,
+        owner: OwnerState,
+        revealed: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        intact: torch.Tensor,
+    ):
+        """The plaintext head's step on the rows in ``intact``; the others get no gradient."""
+        gradient = torch.zeros_like(revealed)
+        if not intact.any():
+            return gradient, 0.0, 0
+        kept = revealed.detach()[intact].requires_grad_(True)
         public = public_part(owner.model, self.spec)
         public.train()
-        logits = public(revealed)
+        logits = public(kept)
         loss = nn.functional.cross_entropy(
-            logits, labels, label_smoothing=self.config.label_smoothing
+            logits, labels[intact], label_smoothing=self.config.label_smoothing
         )
         owner.optimizer.zero_grad()
         loss.backward()
         owner.optimizer.step()
-        hits = int((logits.argmax(dim=1) == labels).sum())
-        return revealed.grad.detach(), float(loss.detach()), hits
+        hits = int((logits.argmax(dim=1) == labels[intact]).sum())
+        gradient[intact] = kept.grad.detach() * (len(kept) / len(revealed))
+        return gradient, float(loss.detach()), hits
 
     def _forward_reveal(self, private: Any, images: Any) -> torch.Tensor | None:
         """Forward-only private pass in batches over the owner's own test images (which
@@ -435,6 +467,7 @@ class SplitTrainer:
             "history": owner.history,
             **comm,
             "private_nonlinear_elements_per_sample": self.spec.private_nonlinear_elements(),
+            "wrapped_rows": owner.wrapped_rows,
             "profile_owner": self.profile.totals,
             "train_size": train_size,
             "test_size": len(self.test),
