@@ -48,7 +48,6 @@ from securemark_mpc.blackbox.tilt import signs
 from securemark_mpc.blackbox.trace import read_bits, trace_answers
 from securemark_mpc.config import TrainConfig
 from securemark_mpc.data import DataConfig, LabeledImages, load_splits
-from securemark_mpc.fingerprint.copies import load_features
 from securemark_mpc.fingerprint.key import default_carrier
 from securemark_mpc.models import build_model
 from securemark_mpc.plaintext import accuracy, train_plaintext, write_plaintext_run
@@ -123,7 +122,7 @@ def main() -> int:
     run = RunFolder(Path(tempfile.mkdtemp(prefix="bench-blackbox-")) / "run")
     trained = write_plaintext_run(run, config)
     model, spec = trained.model, trained.spec
-    features, labels = load_features(run)
+    features, labels = run.load_features()
     key, queries = ensure_blackbox(run=run, model=model, seed=args.seed)
     tilt = load_tilt(run, key)
     unmarked = accuracy(model, splits.test)

@@ -39,7 +39,7 @@ import torch
 from securemark_mpc.config import TrainConfig
 from securemark_mpc.data import load_splits
 from securemark_mpc.fingerprint.codes import CodeConfig
-from securemark_mpc.fingerprint.copies import issue_copy, load_features, verify_file
+from securemark_mpc.fingerprint.copies import issue_copy, verify_file
 from securemark_mpc.fingerprint.embed import embed
 from securemark_mpc.fingerprint.extract import extract
 from securemark_mpc.fingerprint.key import FingerprintConfig, codeword_for, keygen, load_key
@@ -73,7 +73,7 @@ def copy_run(source: RunFolder, target: Path) -> RunFolder:
 
 def bench_lengths(run: RunFolder, *, customers: int, seed: int) -> dict[str, Any]:
     model, spec = load_model(run.model_path)
-    features, labels = load_features(run)
+    features, labels = run.load_features()
     test = load_splits(run.load_config().data).test
     unmarked = accuracy(model, test)
     per_length = {}

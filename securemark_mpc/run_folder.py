@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from securemark_mpc.config import ConfigError, TrainConfig
 
 
@@ -91,6 +93,16 @@ class RunFolder:
             return json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise ConfigError(f"{path} is not valid JSON: {error}") from None
+
+    def load_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached cut-layer features and labels of the training set."""
+        path = self.features_path
+        if not path.is_file():
+            raise ConfigError(f"{path} not found: is {self.root} a finished training run?")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or not {"features", "labels"} <= set(payload):
+            raise ConfigError(f"{path} does not hold cached features and labels")
+        return payload["features"], payload["labels"]
 
     def save_config(self, config: TrainConfig, *, argv: list[str]) -> None:
         self.write_json("config.json", {"config": config.to_json(), "argv": argv})

@@ -22,6 +22,7 @@ from securemark_mpc.blackbox.queries import answers
 from securemark_mpc.blackbox.store import key_path, load_blackbox, queries_path
 from securemark_mpc.blackbox.tilt import (
     answer_values,
+    boundary_metric,
     gap_operator,
     make_tilt,
     read_positions,
@@ -260,13 +261,21 @@ def third_labels(first: torch.Tensor, second: torch.Tensor) -> np.ndarray:
     return np.array([min({0, 1, 2} - {int(a), int(b)}) for a, b in zip(first, second, strict=True)])
 
 
+def random_queries(
+    rng: np.random.Generator, *, queries: int, width: int, classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Output-layer inputs of synthetic queries and their two distinct classes each."""
+    inputs = torch.from_numpy(np.abs(rng.standard_normal((queries, width))))
+    first = torch.from_numpy(rng.integers(0, classes, queries))
+    second = (first + torch.from_numpy(rng.integers(1, classes, queries))) % classes
+    return inputs, first, second
+
+
 def test_the_tilt_reads_back_its_signs_from_top1_answers_alone():
     """Answers at zero-gap queries, tilted by Δ = Σ s_k A_k, spell s back by least squares."""
     rng = np.random.default_rng(0)
     queries, width, classes, positions = 400, 24, 5, 16
-    inputs = torch.from_numpy(np.abs(rng.standard_normal((queries, width))))
-    first = torch.from_numpy(rng.integers(0, classes, queries))
-    second = (first + torch.from_numpy(rng.integers(1, classes, queries))) % classes
+    inputs, first, second = random_queries(rng, queries=queries, width=width, classes=classes)
     tilt = make_tilt(
         inputs=inputs,
         first=first,
@@ -288,6 +297,37 @@ def test_the_tilt_reads_back_its_signs_from_top1_answers_alone():
     assert not values[:100].any() and values[100:].all()
     assert np.array_equal(read_positions(tilt, values) > 0, codeword == 1)
     assert not read_positions(tilt, np.zeros(queries)).any()  # nothing answered, nothing read
+
+
+def test_a_boundary_metric_keeps_the_tilt_off_the_data():
+    """Data that use 10 of 16 inputs: the tilt still puts its gaps on the queries, but
+    made smallest in the data's boundary metric it barely moves the data's logits."""
+    rng = np.random.default_rng(1)
+    classes, width, positions, queries = 4, 16, 8, 200
+    data = torch.from_numpy(np.abs(rng.standard_normal((300, width))) * (np.arange(width) < 10))
+    labels = torch.from_numpy(rng.integers(0, classes, 300))
+    logits = torch.from_numpy(rng.standard_normal((300, classes)))
+    inputs, first, second = random_queries(rng, queries=queries, width=width, classes=classes)
+    codeword = rng.integers(0, 2, positions)
+    metric = boundary_metric(data, logits, labels, temperature=1.0, ridge=1e-3)
+    moved = {}
+    for name, chosen in (("plain", None), ("boundary", metric)):
+        tilt = make_tilt(
+            inputs=inputs,
+            first=first,
+            second=second,
+            classes=classes,
+            positions=positions,
+            gap=1.0,
+            seed=7,
+            metric=chosen,
+        )
+        delta = weight_change(tilt, codeword).double()
+        gaps = gap_operator(inputs, first, second, classes) @ delta.flatten()
+        assert np.allclose(gaps.numpy(), tilt.design @ signs(codeword), atol=1e-4)
+        assert np.isclose(np.sqrt((tilt.design**2).sum(1).mean()), 1.0)  # the same query gap
+        moved[name] = float((data @ delta.T).norm())
+    assert moved["boundary"] < 0.1 * moved["plain"]
 
 
 def test_more_positions_than_queries_is_refused():

@@ -21,7 +21,7 @@ from securemark_mpc.config import ConfigError, TrainConfig
 from securemark_mpc.data import load_splits
 from securemark_mpc.fingerprint.align import AlignmentError, align
 from securemark_mpc.fingerprint.codes import CodeConfig, sample_biases
-from securemark_mpc.fingerprint.copies import issue_copy, load_features, verify_file
+from securemark_mpc.fingerprint.copies import issue_copy, verify_file
 from securemark_mpc.fingerprint.embed import EmbeddingError, embed, margins
 from securemark_mpc.fingerprint.extract import extract
 from securemark_mpc.fingerprint.guide import CarrierGuide
@@ -37,7 +37,7 @@ from securemark_mpc.fingerprint.key import (
     save_key,
 )
 from securemark_mpc.fingerprint.verify import verify_model
-from securemark_mpc.models import load_model
+from securemark_mpc.models import load_model, public_part
 from securemark_mpc.models.model_file import read_run_spec, save_model
 from securemark_mpc.plaintext import write_plaintext_run
 from securemark_mpc.registry import Registry, RegistryError
@@ -55,7 +55,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def trained(tmp_path_factory):
     run = RunFolder(tmp_path_factory.mktemp("fingerprint") / "run")
     result = write_plaintext_run(run, TrainConfig())
-    features, labels = load_features(run)
+    features, labels = run.load_features()
     return SimpleNamespace(
         run=run, model=result.model, spec=result.spec, features=features, labels=labels
     )
@@ -227,6 +227,13 @@ def test_extract_of_embed_is_the_codeword(trained, key, seed, kind):
     assert np.array_equal(bits, codeword)
     signed = margins(z=torch.from_numpy(z), bits=torch.from_numpy(codeword).double())
     assert signed.min() >= key.embed.margin
+    # The KL term keeps the copy answering like the unmarked model on the owner's data.
+    with torch.no_grad():
+        answers = [
+            public_part(m, trained.spec)(trained.features).argmax(1)
+            for m in (trained.model, marked)
+        ]
+    assert (answers[0] == answers[1]).float().mean() >= 0.99
     # The input is untouched; the copy differs from it in the plaintext head only, so
     # its private partition is the decrypted model's, and it carries no gradients.
     assert marked is not trained.model
@@ -323,6 +330,23 @@ def test_a_key_with_other_settings_is_refused(issued):
         issue_copy(run=issued, name="zoe", config=longer)
     assert Registry(issued.registry_path).get("zoe") is None
     assert not issued.copy_path("zoe").exists()
+
+
+def test_a_key_made_with_older_embedding_defaults_still_issues(trained, tmp_path):
+    """`issue --bits N` passes today's EmbedConfig; a key made before a default changed
+    keeps its own settings, and only the code length must match."""
+    run = RunFolder(tmp_path / "run")
+    run.root.mkdir()
+    for path in (trained.run.config_path, trained.run.model_path, trained.run.features_path):
+        (run.root / path.name).write_bytes(path.read_bytes())
+    older = FingerprintConfig(embed=EmbedConfig(mark_weight=2.0, learning_rate=0.1))
+    save_key(run.key_path, keygen(spec=trained.spec, config=older, seed=4))
+    same_length = FingerprintConfig(code=CodeConfig(length=load_key(run.key_path).length))
+    issue_copy(run=run, name="yan", config=same_length)
+    report, _ = verify_file(run=run, suspect=run.copy_path("yan"))
+    assert [a.customer for a in report.accused] == ["yan"]
+    with pytest.raises(ConfigError, match="other settings"):
+        issue_copy(run=run, name="zed", config=FingerprintConfig(embed=EmbedConfig(margin=2.0)))
 
 
 def test_with_nobody_registered_nothing_is_traced(trained, key):

@@ -35,20 +35,27 @@ class BehaviourEmbedConfig:
 
     ``gap``: the typical logit gap (RMS over the queries) the tilt puts on each query;
     a larger tilt survives more (distillation most of all) and costs more accuracy.
+    ``temperature`` and ``ridge`` shape the norm the tilt's directions are smallest in
+    (:func:`securemark_mpc.blackbox.tilt.boundary_metric`): the retained data's gaps to
+    rivals within a few ``temperature`` logits, plus ``ridge`` times the plain norm.
     ``steps`` full-batch Adam steps (``learning_rate``) then pull every query's gap to
     its target while keeping the owner's images (and cached training features) at least
     ``margin`` logits inside their class, weighed by ``retention_weight``.
     """
 
-    gap: float = 1.0
+    gap: float = 0.7
+    temperature: float = 1.0
+    ridge: float = 0.03
     margin: float = 2.0
     retention_weight: float = 10.0
     learning_rate: float = 1e-3
     steps: int = 200
 
     def __post_init__(self) -> None:
-        if not (self.gap > 0 and self.margin >= 0 and self.retention_weight >= 0):
-            raise ValueError("gap must be positive, margin and retention_weight non-negative")
+        if not (self.gap > 0 and self.temperature > 0 and self.ridge > 0):
+            raise ValueError("gap, temperature and ridge must be positive")
+        if not (self.margin >= 0 and self.retention_weight >= 0):
+            raise ValueError("margin and retention_weight must be non-negative")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.steps < 0:

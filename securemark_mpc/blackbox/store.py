@@ -4,9 +4,9 @@ RUN/blackbox_key.json      the black-box key (mode 0600)
 RUN/blackbox_queries.npz   the keyed queries (``images``) and the tilt (``directions``,
                            ``design``; see :mod:`.tilt`), mode 0600
 
-Both are made once per run, on first use, from the unmarked model and the owner's own
-images (the test split, which the model owner holds), under a lock so that concurrent
-issues cannot make two different keys.
+Both are made once per run, on first use, from the unmarked model, the owner's own
+images (the test split, which the model owner holds) and the cached training features,
+under a lock so that concurrent issues cannot make two different keys.
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ from securemark_mpc.blackbox.key import (
 )
 from securemark_mpc.blackbox.protocol import EndpointClient
 from securemark_mpc.blackbox.queries import QuerySet, base_indices, make_queries
-from securemark_mpc.blackbox.tilt import Tilt, layer_inputs, make_tilt, output_layer
+from securemark_mpc.blackbox.tilt import (
+    Tilt,
+    boundary_metric,
+    layer_inputs,
+    make_tilt,
+    output_layer,
+)
 from securemark_mpc.blackbox.trace import read_answers, trace_answers
 from securemark_mpc.config import ConfigError
 from securemark_mpc.data import LabeledImages, load_splits
@@ -107,6 +113,22 @@ def owner_bases(run: RunFolder, *, seed: int) -> LabeledImages:
     return owner.subset(base_indices(len(owner), seed=seed))
 
 
+def _retained(
+    *,
+    model: nn.Sequential,
+    split: int,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    bases: LabeledImages,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output-layer inputs and labels of the data a copy keeps in place: the cached
+    training features (taken at layer ``split``) and the owner's images the queries mix."""
+    head = model[split : output_layer(model)].eval()
+    with torch.no_grad():
+        inputs = torch.cat([head(features.float()), layer_inputs(model, bases.images).float()])
+    return inputs, torch.cat([labels.long(), bases.labels.long()])
+
+
 def ensure_blackbox(
     *,
     run: RunFolder,
@@ -134,6 +156,16 @@ def ensure_blackbox(
             count=config.queries,
             seed=query_seed,
         )
+        features, labels = run.load_features()
+        inputs, labels = _retained(
+            model=model,
+            split=read_run_spec(run.model_path).split,
+            features=features,
+            labels=labels,
+            bases=bases,
+        )
+        with torch.no_grad():
+            logits = model[output_layer(model)](inputs)
         try:
             tilt = make_tilt(
                 inputs=layer_inputs(model, queries.images),
@@ -143,6 +175,13 @@ def ensure_blackbox(
                 positions=config.positions,
                 gap=config.embed.gap,
                 seed=rotation_seed,
+                metric=boundary_metric(
+                    inputs,
+                    logits,
+                    labels,
+                    temperature=config.embed.temperature,
+                    ridge=config.embed.ridge,
+                ),
             )
         except ValueError as error:
             raise ConfigError(str(error)) from None
@@ -186,10 +225,13 @@ def mark_copy(
     """
     key, queries = ensure_blackbox(run=run, model=unmarked, seed=seed)
     tilt = load_tilt(run, key)
-    bases = owner_bases(run, seed=key.query_seed)
-    head = model[spec.split : output_layer(model)].eval()
-    with torch.no_grad():
-        data_inputs = torch.cat([head(features.float()), layer_inputs(model, bases.images).float()])
+    data_inputs, data_labels = _retained(
+        model=model,
+        split=spec.split,
+        features=features,
+        labels=labels,
+        bases=owner_bases(run, seed=key.query_seed),
+    )
     marked, _ = embed_tilt(
         model=model,
         tilt=tilt,
@@ -198,7 +240,7 @@ def mark_copy(
         second=queries.second,
         query_inputs=layer_inputs(model, queries.images),
         data_inputs=data_inputs,
-        data_labels=torch.cat([labels.long(), bases.labels.long()]),
+        data_labels=data_labels,
         config=key.embed,
         carrier=carrier,
     )

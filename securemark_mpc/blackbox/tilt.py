@@ -15,6 +15,17 @@ matters much. The directions are the top ``positions`` right singular vectors of
 query-gap operator G (rows (e_a − e_b)·h_qᵀ), scaled so that the columns of C are
 orthogonal with norm ``gap``·sqrt(N / K) (a per-query gap of about ``gap`` logits),
 then mixed by a keyed random rotation so that every bit uses every direction.
+
+Measured in the plain weight norm, those directions move real images' logits about as
+much as the queries' (on digits the bare tilt cost 12 pp, which the embedding's hinge
+had to win back image by image, and unseen images still flipped). With a
+:func:`boundary_metric` M built from data the owner holds, the SVD is taken of
+G·M^(−1/2) instead: each direction is then the weight change of least M-norm that puts
+its gaps on the queries, i.e. the one that least moves the data's gaps between a true
+class and its close rivals, which is where an image can flip. The data's logits still
+move away from their boundaries, but less, so a distilled student sees less of the
+tilt (on digits the soft-label student's bit error went from 0.44 to 0.46, on MNIST
+from 0.40 to 0.50; neither was traced before or after).
 """
 
 from __future__ import annotations
@@ -53,6 +64,36 @@ def gap_operator(inputs: torch.Tensor, first: torch.Tensor, second: torch.Tensor
     return ((eye[first] - eye[second])[:, :, None] * inputs[:, None, :]).flatten(1)
 
 
+def boundary_metric(
+    inputs: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    ridge: float,
+) -> torch.Tensor:
+    """M = Σ_i,c w_ic g_ic g_icᵀ / Σ w + ridge·(mean eigenvalue)·I over the weight change.
+
+    g_ic = (e_y − e_c)·h_iᵀ maps a weight change to its change of image i's gap between
+    its class y and class c ≠ y; w_ic = exp(−max(gap_ic, 0) / ``temperature``) weighs
+    the close rivals, whose gaps an image could lose (a misread image no more than a
+    tie). The ridge keeps the tilt's weight finite along directions the data never uses.
+    """
+    inputs, logits = inputs.double(), logits.double()
+    classes = logits.shape[1]
+    rows = torch.arange(len(labels))
+    weights = torch.exp(-(logits[rows, labels][:, None] - logits).clamp(min=0) / temperature)
+    weights[rows, labels] = 0.0
+    size = classes * inputs.shape[1]
+    metric = torch.zeros(size, size, dtype=torch.float64)
+    for rival in range(classes):
+        gaps = gap_operator(inputs, labels, torch.full_like(labels, rival), classes)
+        gaps = gaps * weights[:, rival, None].sqrt()
+        metric += gaps.T @ gaps
+    metric /= weights.sum()
+    return metric + ridge * metric.trace() / size * torch.eye(size, dtype=torch.float64)
+
+
 def make_tilt(
     *,
     inputs: torch.Tensor,
@@ -62,10 +103,19 @@ def make_tilt(
     positions: int,
     gap: float,
     seed: int,
+    metric: torch.Tensor | None = None,
 ) -> Tilt:
-    """K = ``positions`` keyed directions for queries whose output-layer inputs are ``inputs``."""
+    """K = ``positions`` keyed directions for queries whose output-layer inputs are ``inputs``.
+
+    ``metric`` (see :func:`boundary_metric`) is the norm the directions are smallest in;
+    by default the plain weight norm.
+    """
     gaps = gap_operator(inputs.double(), first, second, classes)
-    _, singular, right = torch.linalg.svd(gaps, full_matrices=False)
+    whiten = torch.eye(gaps.shape[1], dtype=torch.float64)
+    if metric is not None:
+        values, vectors = torch.linalg.eigh(metric.double())
+        whiten = vectors @ torch.diag(values.rsqrt()) @ vectors.T
+    _, singular, right = torch.linalg.svd(gaps @ whiten, full_matrices=False)
     usable = int((singular > singular[0] * 1e-6).sum())
     if positions > usable:
         raise ValueError(
@@ -75,11 +125,10 @@ def make_tilt(
     rotation = np.linalg.qr(np.random.default_rng(seed).standard_normal((positions, positions)))[0]
     scale = gap * math.sqrt(len(inputs) / positions)
     basis = right[:positions] / singular[:positions, None]  # G·basisᵀ has orthonormal columns
-    directions = torch.from_numpy(rotation) @ basis * scale
-    directions = directions.reshape(positions, classes, -1)
+    directions = torch.from_numpy(rotation) @ basis @ whiten * scale
     return Tilt(
-        directions=directions.float().numpy(),
-        design=(gaps @ directions.double().flatten(1).T).numpy(),
+        directions=directions.reshape(positions, classes, -1).float().numpy(),
+        design=(gaps @ directions.T).numpy(),
     )
 
 

@@ -14,7 +14,7 @@ from securemark_mpc.commands import Command
 from securemark_mpc.config import ConfigError
 from securemark_mpc.data import load_splits
 from securemark_mpc.fingerprint.codes import CodeConfig
-from securemark_mpc.fingerprint.copies import ensure_key, load_features
+from securemark_mpc.fingerprint.copies import ensure_key
 from securemark_mpc.fingerprint.key import FingerprintConfig, fresh_seed, keygen
 from securemark_mpc.models import load_model
 from securemark_mpc.models.model_file import read_run_spec
@@ -76,7 +76,7 @@ def run_command(args: argparse.Namespace) -> int:
     else:  # never saved: the run's real key and registry stay as they are
         config = FingerprintConfig(code=CodeConfig(length=args.bits))
         key = keygen(spec=spec, config=config, seed=fresh_seed())
-    features, labels = load_features(run)
+    features, labels = run.load_features()
     splits = load_splits(run.load_config().data)
     if len(splits.aux) == 0:
         raise ConfigError(

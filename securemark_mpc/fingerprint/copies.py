@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from securemark_mpc.blackbox.store import mark_copy
@@ -25,6 +24,7 @@ from securemark_mpc.fingerprint.align import ALIGNMENT_IMAGES
 from securemark_mpc.fingerprint.embed import embed
 from securemark_mpc.fingerprint.guide import CarrierGuide
 from securemark_mpc.fingerprint.key import (
+    EmbedConfig,
     FingerprintConfig,
     FingerprintKey,
     codeword_for,
@@ -48,21 +48,12 @@ class IssuedCopy:
     key_created: bool
 
 
-def load_features(run: RunFolder) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cached cut-layer features and labels of the training set."""
-    path = run.features_path
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: is {run.root} a finished training run?")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or not {"features", "labels"} <= set(payload):
-        raise ConfigError(f"{path} does not hold cached features and labels")
-    return payload["features"], payload["labels"]
-
-
 def _check_key(key: FingerprintKey, spec: ModelSpec, config: FingerprintConfig | None) -> None:
+    # the embedding settings are the key's: a config with today's defaults (the CLI's)
+    # accepts a key made with older ones; only settings asked for explicitly must match
     if config is not None and (
         key.code != config.code
-        or key.embed != config.embed
+        or config.embed not in (key.embed, EmbedConfig())
         or config.carrier not in (None, key.carrier)
     ):
         raise ConfigError(
@@ -116,7 +107,7 @@ def issue_copy(
     validate_name(name)
     spec = read_run_spec(run.model_path)
     model, _ = load_model(run.model_path, expected=spec)
-    features, labels = load_features(run)
+    features, labels = run.load_features()
     with run.lock("issue"):
         key, created = ensure_key(run=run, spec=spec, config=config, seed=key_seed)
         registry = Registry(run.registry_path)
@@ -229,7 +220,7 @@ def _guide(
 ) -> CarrierGuide | None:
     """The key's help in pairing the carrier's units, if the run still has its features."""
     try:
-        features, _ = load_features(run)
+        features, _ = run.load_features()
     except ConfigError as error:
         warnings.warn(
             f"{error}: pairing the carrier's units without the key's help, so copies whose "

@@ -32,7 +32,7 @@ from securemark_mpc.fingerprint.key import FingerprintKey, projection_matrix
 from securemark_mpc.models import ModelSpec, public_part
 from securemark_mpc.subspace import excited_subspace
 
-WEIGHTS_PER_BIT = 8  # 304 bits on digits' 256 hidden units: the 10 directions of 99% energy
+WEIGHTS_PER_BIT = 8  # binds for long codes only: 1,024 bits on 256 units take all 32 cut directions
 
 
 class EmbeddingError(RuntimeError):
