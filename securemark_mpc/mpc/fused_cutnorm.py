@@ -6,7 +6,7 @@ squares up to 100,000 (CrypTen's ``inv_sqrt`` route: 49 forward, 8 backward, exa
 1,280 only):
 
 * **Argument.** v = (mean square + ε)/CUTNORM_RANGE, kept as v/2·2^HALF_EXTRA_BITS
-  (16 fractional bits alone leave v/2 1.5% coarse near v = 0); one truncation.
+  (16 fractional bits alone leave v/2 3% coarse near v = 0); one truncation.
 * **Start.** CrypTen's 2.2·exp(−(v/2 + 0.2)) + 0.2 − v/1024, good for v in
   [0.1, 160], with the factor 2.2 moved into the exponent and the exponential as
   (1 − t/128)^128: v/256 and v/1024 in one truncation, then seven squarings.
@@ -50,7 +50,7 @@ NAME = "securemark_cutnorm"
 NEWTON_STEPS = 9
 EXP_SQUARINGS = 7  # exp(−t) ≈ (1 − t/128)^128; the base stays ≥ −1 up to mean squares of 520,000
 FACTOR_BITS = 23  # precision of the public factor of Σx² (_half)
-HALF_EXTRA_BITS = 6  # v/2 is kept ×64: at 16 bits alone it is 1.5% coarse near v = 0
+HALF_EXTRA_BITS = 6  # v/2 is kept ×64: at 16 bits alone it is 3% coarse near v = 0
 POWER = 2**EXP_SQUARINGS
 _START_SHIFT = 0.2 - math.log(2.2)  # 2.2·exp(−(h + 0.2)) = exp(−(h + _START_SHIFT))
 _GAIN_BITS = round(math.log2(CUTNORM_RANGE)) // 2  # 1/√RANGE = 2^-_GAIN_BITS
