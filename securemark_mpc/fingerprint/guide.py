@@ -112,10 +112,10 @@ class CarrierGuide:
         INTACT_COSINE), ``fallback`` stays.
         """
         _, dormant, k = self._parts(rows, reference)
-        outside = rows.double().flatten(1) - rows.double().flatten(1) @ self.excited.double()
-        cosine = (outside * dormant).sum(1) / (outside.norm(dim=1) * dormant.norm(dim=1)).clamp_min(
-            TINY
-        )
+        rows = rows.double().flatten(1)
+        outside = rows - rows @ self.excited.double()
+        norms = outside.norm(dim=1) * dormant.norm(dim=1)
+        cosine = (outside * dormant).sum(1) / norms.clamp_min(TINY)
         return torch.where(cosine >= INTACT_COSINE, k.diagonal(), fallback.double())
 
     def restore(self, rows: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
