@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from securemark_mpc.data import load_splits
-from securemark_mpc.models import load_model
+from securemark_mpc.models import build_model, load_model
+from securemark_mpc.mpc.wrap_guard import INJECT_VARIABLE
 from securemark_mpc.plaintext import training_order
-from tests.conftest import assert_matches_plaintext
+from securemark_mpc.run_folder import RunFolder
+from tests.conftest import SMALL, assert_matches_plaintext, assert_ok, launch
 
 pytestmark = pytest.mark.mpc
 
@@ -39,7 +41,12 @@ def test_only_the_model_owner_receives_plaintext(mpc_small_run, small_config):
     events = [json.loads(line) for line in (reveal_log / "reveals.jsonl").read_text().splitlines()]
     assert events, "the reveal log is empty: the instrumentation did not run"
     assert {event["rank"] for event in events} == {0}
-    assert {event["kind"] for event in events} == {"activations", "labels", "final_weights"}
+    kinds = {event["kind"] for event in events}
+    assert kinds == {"activations", "labels", "final_weights", "weight_range"}
+    for event in events:  # the epoch-end range check opens one count: 0, nothing wrapped
+        if event["kind"] == "weight_range":
+            count = torch.load(reveal_log / event["file"], weights_only=True)
+            assert count.numel() == 1 and float(count) == 0
     assert not any(
         path.name.startswith(("rank1", "rank2", "rank3")) for path in reveal_log.iterdir()
     )
@@ -102,3 +109,69 @@ def test_the_owner_leaves_wrapped_reveals_out_of_its_step():
     assert torch.allclose(gradient[intact], expected * 4 / 6)
     for a, b in zip(clean.model.parameters(), guarded.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_wrapped_private_weight_is_rolled_back(tmp_path, mpc_small_run):
+    """Data owner 1 wraps one element of its weight share (what a failed truncation
+    does) after the first update and after the last: the garbled next batch undoes the
+    first, the epoch-end range check the last, and the run ends with sane weights."""
+    run = RunFolder(tmp_path / "run")
+    batches = -(-len(load_splits(SMALL.data).train) // SMALL.batch_size)
+    assert batches >= 3, "the scenario needs a clean batch between the two wraps"
+    assert_ok(launch(run, SMALL, extra_env={INJECT_VARIABLE: f"0,{batches - 1}"}))
+
+    rollbacks = json.loads((run.root / "metrics.json").read_text())["rollbacks"]
+    assert rollbacks["garbled_batches"] == 1 and rollbacks["range_failures"] == 1, rollbacks
+    assert rollbacks["restored"] == [
+        "step 1: undid the previous update",
+        "end of epoch 1: range check failed, undid the last update",
+    ]
+    guarded, spec = load_model(run.model_path)
+    clean, _ = load_model(mpc_small_run[0].model_path)
+    initial = build_model(spec, seed=SMALL.seed).state_dict()
+    for name, weight in guarded.state_dict().items():
+        reference = clean.state_dict()[name]
+        assert weight.abs().max() <= 2 * reference.abs().max() + 1e-3, f"{name} is not sane"
+    moved = [not torch.equal(w, initial[n]) for n, w in guarded.state_dict().items()]
+    assert any(moved), "the clean batch in between did not train"
+
+
+def test_failing_updates_go_back_further_then_stop():
+    """A garbled batch undoes the update before it; when the updates keep failing, even
+    with clean batches in between, the parties go back to the last checked state, and a
+    run that keeps failing from there stops with a clear error."""
+    from types import SimpleNamespace
+
+    from securemark_mpc.mpc.session import PartyFailure
+    from securemark_mpc.mpc.wrap_guard import MAX_FAILED_IN_A_ROW, WrapGuard
+
+    param = SimpleNamespace(share=torch.zeros(3, dtype=torch.long))
+    private = SimpleNamespace(named_parameters=lambda: [("w", param)])
+    guard = WrapGuard(
+        SimpleNamespace(), rank=0, private=private, optimizer=SimpleNamespace(state={})
+    )
+
+    def update(step: int, value: int) -> None:
+        guard.batch_clean()
+        guard.before_update()
+        param.share = torch.full((3,), value)
+        guard.after_update(step)
+
+    update(0, 1)
+    update(1, 2)
+    guard.undo("step 2")
+    assert param.share.tolist() == [1, 1, 1]  # the update before the garbled batch undone
+    update(3, 3)  # a clean batch right after an undo proves nothing about updates
+    guard.undo("step 4")
+    assert param.share.tolist() == [0, 0, 0]  # the last checked state
+    update(5, 4)
+    update(6, 5)  # the clean batch after update 5: updates work again
+    guard.undo("step 7")
+    assert param.share.tolist() == [4, 4, 4]
+    for step in range(8, 8 + MAX_FAILED_IN_A_ROW - 2):
+        update(step, 9)
+        guard.undo(f"step {step + 1}")
+    assert param.share.tolist() == [0, 0, 0]
+    update(20, 9)
+    with pytest.raises(PartyFailure, match="out of fixed-point range"):
+        guard.undo("step 21")

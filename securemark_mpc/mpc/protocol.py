@@ -40,6 +40,7 @@ from securemark_mpc.mpc.reveal import MODEL_OWNER, reveal
 from securemark_mpc.mpc.reveal_noise import SharedRevealNoise
 from securemark_mpc.mpc.session import PartyAddress, PartyFailure, exchange_handshake
 from securemark_mpc.mpc.sharing import share_from
+from securemark_mpc.mpc.wrap_guard import WrapGuard, garbled
 from securemark_mpc.progress import progress_bar
 from securemark_mpc.run_folder import RunFolder
 
@@ -50,7 +51,8 @@ EVAL_BATCH = 256
 # about 2^64/divisor (2^32 in value units for a fixed-point product); a real value that
 # large would already have overflowed its own square. One such row once turned the
 # owner's loss to NaN and, through its gradient, every private weight (MNIST-t10k,
-# third epoch), so the owner leaves such rows out of its step instead.
+# third epoch), so the owner leaves such rows out of its step instead. (Wraps that ruin
+# a private weight garble whole batches: `wrap_guard` goes back then.)
 WRAPPED_VALUE = 1e5
 # Keep every epoch's revealed activations (for the multi-epoch audit) up to this many values.
 HISTORY_VALUES = 25_000_000
@@ -238,7 +240,7 @@ class SplitTrainer:
             )
         private_optimizer = PrivateSGD(
             crypten, private.parameters(), lr=config.learning_rate, momentum=config.momentum
-        )
+        )  # lr and weight decay are set per epoch, in the scaled gradient's units (_epoch)
         self.dealer = PrefetchingDealer(crypten, rank=self.rank, enabled=config.provider == "ttp")
         owner = None
         if self.is_owner:
@@ -246,7 +248,10 @@ class SplitTrainer:
             owner = OwnerState(
                 model=model,
                 optimizer=torch.optim.SGD(
-                    public.parameters(), lr=config.learning_rate, momentum=config.momentum
+                    public.parameters(),
+                    lr=config.learning_rate,
+                    momentum=config.momentum,
+                    weight_decay=config.weight_decay,
                 ),
                 labels=labels,
             )
@@ -255,11 +260,16 @@ class SplitTrainer:
             first_epoch = checkpoint.restore(
                 saved, crypten=crypten, private=private, optimizer=private_optimizer, owner=owner
             )
+        self.guard = WrapGuard(
+            crypten, rank=self.rank, private=private, optimizer=private_optimizer
+        )
 
         total = sum(shard_sizes)
         for epoch in range(first_epoch, config.epochs):
             began = time.perf_counter()
             loss, accuracy = self._epoch(epoch, images, total, private, private_optimizer, owner)
+            with self.profile.phase("wrap guard range check (MPC)"):
+                self.guard.check(f"end of epoch {epoch + 1}")  # checkpoints hold checked weights
             seconds = time.perf_counter() - began
             record = {
                 "epoch": epoch + 1,
@@ -272,6 +282,7 @@ class SplitTrainer:
                 record["test_accuracy"] = self._mpc_test_accuracy(private, test_images, owner)
             if owner is not None:
                 record["wrapped_rows"] = owner.wrapped_rows  # so far (WRAPPED_VALUE)
+                record["rollbacks"] = self.guard.rollbacks.to_json()  # so far
                 owner.history.append(record)
                 print(json.dumps(record), file=sys.stderr, flush=True)
             checkpoint.save(
@@ -310,10 +321,12 @@ class SplitTrainer:
         owner: OwnerState | None,
     ):
         # ∂L/∂h of a mean loss is tiny (≈1/batch), below what 16 fractional bits resolve
-        # well; share it scaled up by the batch size and scale the private step down.
+        # well; share it scaled up by the batch size and scale the private step down
+        # (and the weight decay, added to that gradient, up).
         scale = float(self.config.batch_size)
         for group in optimizer.param_groups:
             group["lr"] = self.config.learning_rate_at(epoch) / scale
+            group["weight_decay"] = self.config.weight_decay * scale
         for group in owner.optimizer.param_groups if owner else []:
             group["lr"] = self.config.learning_rate_at(epoch)
         batches = self._batches(epoch, total)
@@ -327,9 +340,10 @@ class SplitTrainer:
         progress = progress_bar(
             batches, desc=f"epoch {epoch + 1}/{self.config.epochs}", enabled=owner is not None
         )
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, stepped = 0.0, 0, 0
         phase = self.profile.phase
         for number, indices in enumerate(progress):
+            step = epoch * len(batches) + number
             with contextlib.ExitStack() as batch:
                 with phase("dealer material (bulk)"):
                     following = batches[number + 1] if number + 1 < len(batches) else None
@@ -338,23 +352,26 @@ class SplitTrainer:
                             len(indices), None if following is None else len(following)
                         )
                     )
-                loss, hits = self._batch(indices, images, private, optimizer, owner)
-            loss_sum, correct = loss_sum + loss * len(indices), correct + hits
+                loss, hits, rows = self._batch(step, indices, images, private, optimizer, owner)
+            loss_sum, correct, stepped = loss_sum + loss * rows, correct + hits, stepped + rows
             if owner is not None:
                 progress.set_postfix(loss=f"{loss:.3f}")
         progress.close()
-        return loss_sum / total, correct / total
+        stepped = max(stepped, 1)
+        return loss_sum / stepped, correct / stepped
 
     def _batch(
         self,
+        step: int,
         indices: torch.Tensor,
         images: Any,
         private: Any,
         optimizer: Any,
         owner: OwnerState | None,
-    ) -> tuple[float, int]:
+    ) -> tuple[float, int, int]:
         """One training batch: private forward, reveal, owner step, private backward,
-        update. Returns the owner's loss and correct predictions (0 elsewhere)."""
+        update. Returns the owner's loss, correct predictions and rows stepped on (0
+        elsewhere); a garbled batch is skipped and the update before it undone."""
         scale = float(self.config.batch_size)
         phase = self.profile.phase
         with phase("private forward (MPC)"):
@@ -362,15 +379,21 @@ class SplitTrainer:
             noised = self.noise.add(hidden)
         with phase("reveal to owner"):
             revealed = reveal(noised, kind="activations", rank=self.rank)
-        gradient, loss, hits = None, 0.0, 0
+        gradient, loss, hits, rows, verdict = None, 0.0, 0, 0, None
         with phase("owner plaintext step"):
             if owner is not None:
                 intact = wrapped_free(revealed)
                 owner.wrapped_rows += int((~intact).sum())
-                owner.revealed.record(indices[intact], revealed[intact])
-                gradient, loss, hits = self._owner_step(
-                    owner, revealed, owner.labels[indices], intact=intact
-                )
+                verdict = garbled(intact)
+                if verdict:
+                    gradient = torch.zeros_like(revealed)
+                else:
+                    owner.revealed.record(indices[intact], revealed[intact])
+                    gradient, loss, hits = self._owner_step(
+                        owner, revealed, owner.labels[indices], intact=intact
+                    )
+                    rows = int(intact.sum())
+            skip = self.guard.agree(verdict)
         with phase("share gradient"):
             shared_gradient = share_from(
                 self.crypten,
@@ -379,12 +402,21 @@ class SplitTrainer:
                 value=None if gradient is None else gradient * scale,
                 shape=tuple(hidden.size()),
             )
+        # A skipped batch still runs its backward and update: every party must draw the
+        # dealer material planned for a batch, or their generators fall out of step.
         with phase("private backward (MPC)"):
             optimizer.zero_grad()
             hidden.backward(shared_gradient)
         with phase("private update (MPC)"):
-            optimizer.step()
-        return loss, hits
+            if skip:
+                optimizer.step()
+                self.guard.undo(f"step {step}")
+            else:
+                self.guard.batch_clean()
+                self.guard.before_update()
+                optimizer.step()
+                self.guard.after_update(step)
+        return loss, hits, rows
 
     def _owner_step(
         self,
@@ -468,6 +500,7 @@ class SplitTrainer:
             **comm,
             "private_nonlinear_elements_per_sample": self.spec.private_nonlinear_elements(),
             "wrapped_rows": owner.wrapped_rows,
+            "rollbacks": self.guard.rollbacks.to_json(),
             "profile_owner": self.profile.totals,
             "train_size": train_size,
             "test_size": len(self.test),

@@ -2,7 +2,8 @@
 
 Every reveal names its receiver and what it is. Only the kinds in ALLOWED_REVEALS
 exist, and all go to the model owner: cut-layer activations, labels, and the final
-private-partition weights (DESIGN.md, "What leaks by design").
+private-partition weights (DESIGN.md, "What leaks by design"), and once an epoch the
+count of private values that a wrapped truncation ruined (`wrap_guard`; 0 normally).
 
 Set ``SECUREMARK_REVEAL_LOG`` to a folder to record every revealed tensor (the
 privacy-boundary test reads it back).
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 MODEL_OWNER = 0
-ALLOWED_REVEALS = frozenset({"activations", "labels", "final_weights"})
+ALLOWED_REVEALS = frozenset({"activations", "labels", "final_weights", "weight_range"})
 _counter = {"n": 0}
 
 
