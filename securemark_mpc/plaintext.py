@@ -49,7 +49,10 @@ def fit(model: nn.Module, train: LabeledImages, config: TrainConfig) -> list[flo
     """The training loop MPC runs, in plaintext: the same batch order, learning-rate
     schedule, loss and optimiser. Returns each epoch's wall time."""
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.learning_rate, momentum=config.momentum
+        model.parameters(),
+        lr=config.learning_rate,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
     )
     epoch_seconds = []
     for epoch in range(config.epochs):

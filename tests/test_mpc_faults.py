@@ -138,3 +138,13 @@ def test_data_that_differs_stops_every_party_naming_who_and_what(change, setting
         values=[7],
     )
     assert agreed == [[7], [7]]
+
+
+def test_a_config_saved_before_weight_decay_existed_keeps_training_without():
+    """Resuming an older run must not switch on a setting it was not trained with."""
+    from securemark_mpc.config import TrainConfig
+
+    saved = TrainConfig().to_json()
+    del saved["weight_decay"]
+    assert TrainConfig.from_json(saved).weight_decay == 0.0
+    assert TrainConfig.from_json(TrainConfig().to_json()) == TrainConfig()

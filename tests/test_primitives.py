@@ -15,8 +15,15 @@ import torch.nn.functional as F
 from securemark_mpc.data import load_splits
 from securemark_mpc.mpc import ring_kernels
 from securemark_mpc.mpc.protocol import batch_order
+from securemark_mpc.plaintext import train_plaintext
 from securemark_mpc.run_folder import RunFolder
-from tests.conftest import SMALL, assert_matches_plaintext, assert_ok, launch
+from tests.conftest import (
+    ABSOLUTE_TOLERANCE,
+    SMALL,
+    assert_matches_plaintext,
+    assert_ok,
+    launch,
+)
 
 EXTREMES = torch.tensor([-(2**63), 2**63 - 1, -1, 0, 1, -(2**62), 2**62 - 1, 2**21, -(2**21)])
 
@@ -117,12 +124,14 @@ def test_limb_plans_are_exact_at_their_largest_fan_in():
 # more parties through the dealer (covered by test_mpc_training); two epochs, so the
 # momentum buffer carries over and every batch after the first is prefetched. A
 # constant learning rate: the default warm-up barely moves some weights in two epochs,
-# and the comparison with plaintext is relative to how far each weight moved.
+# and the comparison with plaintext is relative to how far each weight moved. A strong
+# weight decay, so that the private step's decay term is checked too.
 TWO_PARTIES = replace(
     SMALL,
     data_owners=1,
     epochs=2,
     lr_schedule="constant",
+    weight_decay=0.05,
     data=replace(SMALL.data, max_images=200),
 )
 
@@ -140,6 +149,11 @@ def two_party_run(tmp_path_factory: pytest.TempPathFactory):
 def test_prefetched_training_with_one_truncation_per_step_matches_plaintext(two_party_run):
     run, _, _ = two_party_run
     assert_matches_plaintext(run.model_path, TWO_PARTIES)
+    # the decay moved the weights by more than the comparison's tolerance
+    decayed = train_plaintext(TWO_PARTIES).model.state_dict()
+    undecayed = train_plaintext(replace(TWO_PARTIES, weight_decay=0.0)).model.state_dict()
+    moved = max(float((decayed[name] - undecayed[name]).abs().max()) for name in decayed)
+    assert moved > ABSOLUTE_TOLERANCE
     metrics = json.loads((run.root / "metrics.json").read_text())
     profile = metrics["profile_owner"]
     batches = TWO_PARTIES.epochs * -(-metrics["train_size"] // TWO_PARTIES.batch_size)

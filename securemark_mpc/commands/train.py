@@ -60,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lr-schedule", default=defaults.lr_schedule, help=f"one of {sorted(SCHEDULES)}"
     )
     optim.add_argument("--momentum", type=float, default=defaults.momentum)
+    optim.add_argument(
+        "--weight-decay",
+        type=float,
+        default=defaults.weight_decay,
+        help="L2 on every weight; keeps private values (and truncation wrap odds) small",
+    )
     optim.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
     optim.add_argument("--seed", type=int, default=defaults.seed)
     optim.add_argument(
@@ -118,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         learning_rate=args.lr,
         lr_schedule=args.lr_schedule,
         momentum=args.momentum,
+        weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
         seed=args.seed,
         provider=args.provider,

@@ -49,7 +49,11 @@ class FullMpcTrainer(SplitTrainer):
         model = build_model(self.spec, seed=config.seed)
         encrypted = encrypt_layers(crypten, model, src=MODEL_OWNER)
         optimizer = PrivateSGD(
-            crypten, encrypted.parameters(), lr=config.learning_rate, momentum=config.momentum
+            crypten,
+            encrypted.parameters(),
+            lr=config.learning_rate,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
         )
         dealer = PrefetchingDealer(crypten, rank=self.rank, enabled=config.provider == "ttp")
         loss_function = crypten.nn.CrossEntropyLoss()

@@ -7,13 +7,13 @@ and a round, so 3 x (parameter tensors) rounds per step. Here the public scalars
 multiply the shares as integers and all parameters are truncated together, once per
 line:
 
-    buffer' = m * buffer + g
+    buffer' = m * buffer + g + wd * weight
     weight' = weight - lr * buffer'
 
 (One truncation for both lines would need lr * m as one constant at the values'
 precision, 1% off for the small per-sample learning rates used here.) It computes the update of
-`torch.optim.SGD(momentum=m)`: a zero initial buffer makes the first step buffer' = g,
-as in torch. Who learns what: nothing is opened except inside the truncation,
+`torch.optim.SGD(momentum=m, weight_decay=wd)`: a zero initial buffer makes the first
+step buffer' = g + wd * weight, as in torch. Who learns what: nothing is opened except inside the truncation,
 exactly as in CrypTen's own products.
 """
 
@@ -35,15 +35,19 @@ LR_EXTRA_BITS = 8
 class PrivateSGD:
     """A drop-in for `crypten.optim.SGD(params, lr, momentum)` used by the engine.
 
-    `param_groups[0]["lr"]` may be changed between steps (the schedule), and
+    `param_groups[0]["lr"]` and `["weight_decay"]` may be changed between steps, and
     `state[id(param)]["momentum_buffer"]` holds each buffer, as in CrypTen's optimiser,
     so checkpoints save and restore it the same way.
     """
 
-    def __init__(self, crypten: Any, params: Any, *, lr: float, momentum: float) -> None:
+    def __init__(
+        self, crypten: Any, params: Any, *, lr: float, momentum: float, weight_decay: float = 0.0
+    ) -> None:
         self.crypten = crypten
         self.params = list(params)
-        self.param_groups = [{"params": self.params, "lr": lr, "momentum": momentum}]
+        self.param_groups = [
+            {"params": self.params, "lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        ]
         self.state: dict[int, dict[str, Any]] = {}
 
     def zero_grad(self) -> None:
@@ -63,13 +67,15 @@ class PrivateSGD:
         if not trained:
             return
         scale = trained[0].encoder.scale  # 2^16: fixed-point values are shares / scale
-        lr, momentum = group["lr"], group["momentum"]
+        lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
 
         buffers = [self._buffer(param) for param in trained]
-        # buffer' = m * buffer + g, all buffers truncated together
+        # buffer' = m * buffer + g + wd * weight, all buffers truncated together
         updated = truncated_shares(
             [
-                buffer.share * round(momentum * scale) + param.grad.share * scale
+                buffer.share * round(momentum * scale)
+                + param.grad.share * scale
+                + param.share * round(decay * scale)
                 for param, buffer in zip(trained, buffers, strict=True)
             ],
             scale,
