@@ -45,7 +45,9 @@ ALIGNMENT_IMAGES = 512  # of the owner's test images: enough to tell every unit 
 RIDGE = 1e-2  # refit: directions holding less than this share of the mean energy keep the match
 OUTGOING_INTACT = 0.9  # matched outgoing cosine: 0.99 after fine-tuning, ~0.5 after dormant attacks
 IDENTITY_PRIOR = 1.0  # similarity bonus for a unit's own position (similarities sum 3 cosines)
-LAYOUT_KEPT = 0.05  # units in place without the prior above which the layout counts as kept (a random permutation keeps ~1)
+# Share of units paired in place without the prior from which the layout counts as
+# kept (a random permutation of 256 units keeps about one).
+LAYOUT_KEPT = 0.05
 
 
 class Guide(Protocol):

@@ -13,8 +13,8 @@ line:
 (One truncation for both lines would need lr * m as one constant at the values'
 precision, 1% off for the small per-sample learning rates used here.) It computes the update of
 `torch.optim.SGD(momentum=m, weight_decay=wd)`: a zero initial buffer makes the first
-step buffer' = g + wd * weight, as in torch. Who learns what: nothing is opened except inside the truncation,
-exactly as in CrypTen's own products.
+step buffer' = g + wd * weight, as in torch. Who learns what: nothing is opened except
+inside the truncation, exactly as in CrypTen's own products.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ class PrivateSGD:
         lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
 
         buffers = [self._buffer(param) for param in trained]
-        # buffer' = m * buffer + g + wd * weight, all buffers truncated together
+        # buffer' = m * buffer + g + wd * weight, all buffers truncated together (wd at 16
+        # bits: 0.007% off for the split engine's batch-scaled 5e-4 x 64, 0.7% unscaled)
         updated = truncated_shares(
             [
                 buffer.share * round(momentum * scale)
