@@ -271,12 +271,9 @@ def random_queries(
     return inputs, first, second
 
 
-def test_the_tilt_reads_back_its_signs_from_top1_answers_alone():
-    """Answers at zero-gap queries, tilted by Δ = Σ s_k A_k, spell s back by least squares."""
-    rng = np.random.default_rng(0)
-    queries, width, classes, positions = 400, 24, 5, 16
-    inputs, first, second = random_queries(rng, queries=queries, width=width, classes=classes)
-    tilt = make_tilt(
+def unit_gap_tilt(inputs, first, second, *, classes, positions, metric=None):
+    """The tilt these tests read: gap 1, key seed 7."""
+    return make_tilt(
         inputs=inputs,
         first=first,
         second=second,
@@ -284,7 +281,16 @@ def test_the_tilt_reads_back_its_signs_from_top1_answers_alone():
         positions=positions,
         gap=1.0,
         seed=7,
+        metric=metric,
     )
+
+
+def test_the_tilt_reads_back_its_signs_from_top1_answers_alone():
+    """Answers at zero-gap queries, tilted by Δ = Σ s_k A_k, spell s back by least squares."""
+    rng = np.random.default_rng(0)
+    queries, width, classes, positions = 400, 24, 5, 16
+    inputs, first, second = random_queries(rng, queries=queries, width=width, classes=classes)
+    tilt = unit_gap_tilt(inputs, first, second, classes=classes, positions=positions)
     codeword = rng.integers(0, 2, positions)
     gaps = (
         gap_operator(inputs, first, second, classes)
@@ -312,15 +318,8 @@ def test_a_boundary_metric_keeps_the_tilt_off_the_data():
     metric = boundary_metric(data, logits, labels, temperature=1.0, ridge=1e-3)
     moved = {}
     for name, chosen in (("plain", None), ("boundary", metric)):
-        tilt = make_tilt(
-            inputs=inputs,
-            first=first,
-            second=second,
-            classes=classes,
-            positions=positions,
-            gap=1.0,
-            seed=7,
-            metric=chosen,
+        tilt = unit_gap_tilt(
+            inputs, first, second, classes=classes, positions=positions, metric=chosen
         )
         delta = weight_change(tilt, codeword).double()
         gaps = gap_operator(inputs, first, second, classes) @ delta.flatten()

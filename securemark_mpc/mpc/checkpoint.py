@@ -17,13 +17,26 @@ from securemark_mpc.mpc.private_partition import export_shares, import_shares
 from securemark_mpc.mpc.session import PartyFailure
 
 
-def _momentum_shares(private: Any, optimizer: Any) -> dict[str, torch.Tensor]:
+def momentum_shares(private: Any, optimizer: Any) -> dict[str, torch.Tensor]:
+    """This party's own shares of the momentum buffers (none before the first step)."""
     shares = {}
     for name, param in private.named_parameters():
         buffer = optimizer.state.get(id(param), {}).get("momentum_buffer")
         if buffer is not None:
             shares[name] = buffer.share.clone()
     return shares
+
+
+def restore_momentum(
+    crypten: Any, private: Any, optimizer: Any, shares: dict[str, torch.Tensor]
+) -> None:
+    """Restore buffers saved by momentum_shares; one not saved starts at zero again."""
+    for name, param in private.named_parameters():
+        if name in shares:
+            buffer = crypten.mpc.MPCTensor.from_shares(shares[name].clone())
+            optimizer.state[id(param)] = {"momentum_buffer": buffer}
+        else:
+            optimizer.state.pop(id(param), None)
 
 
 def save(
@@ -33,7 +46,7 @@ def save(
         "epoch": epoch,
         "digest": digest,
         "shares": export_shares(private),
-        "momentum": _momentum_shares(private, optimizer),
+        "momentum": momentum_shares(private, optimizer),
     }
     if owner is not None:
         state["owner"] = {
@@ -65,10 +78,7 @@ def restore(
 ) -> int:
     """Load shares (and the owner's plaintext part) back; return the next epoch."""
     import_shares(private, state["shares"])
-    for name, param in private.named_parameters():
-        if name in state["momentum"]:
-            buffer = crypten.mpc.MPCTensor.from_shares(state["momentum"][name])
-            optimizer.state[id(param)] = {"momentum_buffer": buffer}
+    restore_momentum(crypten, private, optimizer, state["momentum"])
     if owner is not None:
         owner.model.load_state_dict(state["owner"]["model"])
         owner.optimizer.load_state_dict(state["owner"]["optimizer"])

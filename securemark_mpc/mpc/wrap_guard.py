@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from securemark_mpc.mpc.checkpoint import momentum_shares, restore_momentum
+from securemark_mpc.mpc.private_partition import export_shares, import_shares
 from securemark_mpc.mpc.reveal import MODEL_OWNER, reveal
 from securemark_mpc.mpc.session import PartyFailure
 
@@ -54,6 +56,8 @@ MAX_FAILED_IN_A_ROW = 4
 INJECT_VARIABLE = "SECUREMARK_INJECT_WRAP"
 _INJECTING_RANK = 1
 _WRAP = 1 << 48  # what a failed truncation by 2^16 adds to a share
+
+State = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]  # weight, momentum shares
 
 
 @dataclass
@@ -83,37 +87,25 @@ class WrapGuard:
     def __init__(self, crypten: Any, *, rank: int, private: Any, optimizer: Any) -> None:
         self.crypten = crypten
         self.rank = rank
-        self.params = dict(private.named_parameters())
+        self.private = private
         self.optimizer = optimizer
         self.rollbacks = Rollbacks()
         self._checked = self._state()
-        self._before_step: dict[str, Any] | None = None
+        self._before_step: State | None = None
         self._failed_in_a_row = 0  # garbled batches since an update was seen to work
         self._updated = False  # the last thing done to the weights was an update
         self._inject_at = {
             int(step) for step in os.environ.get(INJECT_VARIABLE, "").split(",") if step.strip()
         }
 
-    # -- this party's shares ----------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {}
-        for name, param in self.params.items():
-            buffer = self.optimizer.state.get(id(param), {}).get("momentum_buffer")
-            state[name] = (
-                param.share.clone(),
-                None if buffer is None else buffer.share.clone(),
-            )
-        return state
+    # -- this party's shares (as its checkpoint holds them) -----------------------------
+    def _state(self) -> State:
+        return export_shares(self.private), momentum_shares(self.private, self.optimizer)
 
-    def _load(self, state: dict[str, Any]) -> None:
-        for name, (weight, buffer) in state.items():
-            param = self.params[name]
-            param.share = weight.clone()
-            if buffer is None:
-                self.optimizer.state.pop(id(param), None)  # a fresh zero buffer next step
-            else:
-                shared = self.crypten.mpc.MPCTensor.from_shares(buffer.clone())
-                self.optimizer.state[id(param)] = {"momentum_buffer": shared}
+    def _load(self, state: State) -> None:
+        weights, momentum = state
+        import_shares(self.private, weights)
+        restore_momentum(self.crypten, self.private, self.optimizer, momentum)
 
     # -- around each update -----------------------------------------------------------
     def before_update(self) -> None:
@@ -122,7 +114,7 @@ class WrapGuard:
     def after_update(self, step: int) -> None:
         self._updated = True
         if step in self._inject_at and self.rank == _INJECTING_RANK:
-            param = next(iter(self.params.values()))
+            _, param = next(iter(self.private.named_parameters()))
             param.share.view(-1)[0] += _WRAP
 
     def agree(self, verdict: bool | None) -> bool:
@@ -160,8 +152,9 @@ class WrapGuard:
     def _owner_sees_wraps(self) -> bool | None:
         """Whether any private weight or momentum value lies beyond ±RANGE_BOUND: only
         their count is opened, to the owner (None elsewhere)."""
-        shares = [share for pair in self._state().values() for share in pair if share is not None]
-        values = self.crypten.mpc.MPCTensor.from_shares(torch.cat([s.flatten() for s in shares]))
+        weights, momentum = self._state()
+        shares = [share.flatten() for share in (*weights.values(), *momentum.values())]
+        values = self.crypten.mpc.MPCTensor.from_shares(torch.cat(shares))
         outside = self.crypten.cat([values - RANGE_BOUND, -values - RANGE_BOUND]) > 0
         count = reveal(outside.sum(), kind="weight_range", rank=self.rank)
         return None if count is None else bool(count > 0.5)
