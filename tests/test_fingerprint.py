@@ -24,7 +24,7 @@ from securemark_mpc.fingerprint.codes import CodeConfig, sample_biases
 from securemark_mpc.fingerprint.copies import issue_copy, verify_file
 from securemark_mpc.fingerprint.embed import EmbeddingError, embed, margins
 from securemark_mpc.fingerprint.extract import extract
-from securemark_mpc.fingerprint.guide import CarrierGuide
+from securemark_mpc.fingerprint.guide import CarrierGuide, share_closest_to_own
 from securemark_mpc.fingerprint.key import (
     EmbedConfig,
     FingerprintConfig,
@@ -383,13 +383,36 @@ def test_restoring_keeps_a_marked_row_and_drops_what_a_thief_wrote_outside_the_m
         assert k >= -1e-9 and torch.allclose(row, k * ref, atol=1e-9)
 
 
-def test_a_design_aware_chain_on_a_copy_is_still_traced(issued, tmp_path):
-    """Permute and widen every layer, zero what the data never excites, fine-tune: the
-    chain that removed the trace before alignment was guided by the key."""
+def test_units_are_recognised_by_response_until_a_change_outweighs_their_differences():
+    generator = torch.Generator().manual_seed(0)
+    ours = torch.randn(400, 16, generator=generator) @ torch.randn(16, 16, generator=generator)
+    assert share_closest_to_own(ours=ours, theirs=3 * ours + 1) == 1.0
+    assert share_closest_to_own(ours=ours, theirs=ours[:, torch.arange(16).roll(1)]) == 0.0
+    slightly = ours + 0.05 * ours.std() * torch.randn(400, 16, generator=generator)
+    assert share_closest_to_own(ours=ours, theirs=slightly) == 1.0
+
+
+def test_on_the_digits_twin_the_mark_blurs_responses_so_the_key_pairs_the_carrier(trained, key):
+    """The default mark turns the twin's carrier units past telling them apart by
+    response (about 45% closest to their own unit): rows and the key must pair them."""
+    guide = CarrierGuide.of(
+        key=key,
+        model=trained.model,
+        spec=trained.spec,
+        features=trained.features,
+        labels=trained.labels,
+    )
+    assert not guide.responses_identify
+
+
+@pytest.mark.parametrize("dormant", ["dormant-project", "dormant-reinit"])
+def test_a_design_aware_chain_on_a_copy_is_still_traced(issued, tmp_path, dormant):
+    """Permute and widen every layer, zero or rewrite what the data never excites,
+    fine-tune: the chains that removed the trace before alignment was guided by the key."""
     spec = read_run_spec(issued.model_path)
     leaked, _ = load_model(issued.copy_path("carol"), expected=spec)
     context = AttackContext(spec=spec, aux=load_splits(issued.load_config().data).aux, seed=0)
-    chain = "permute:1,dummy:1,dormant-project:0.99,finetune-all:10"
+    chain = f"permute:1,dummy:1,{dormant}:0.99,finetune-all:10"
     attacked = parse_chain(chain)([leaked], context)
     suspect = tmp_path / "attacked.pt"
     save_model(suspect, model=attacked, spec=spec_of(attacked, spec))

@@ -107,6 +107,7 @@ def run_command(args: argparse.Namespace) -> int:
         context=AttackContext(spec=spec, aux=splits.aux, seed=args.seed),
         test=splits.test,
         features=features,
+        labels=labels,
         config=config,
     )
     reports = run.root / "reports"

@@ -20,8 +20,8 @@ computes on the reference's units; the mark is read from it.
 
 The carrier layer gets more care, as it is what a thief who has read this code
 attacks: its incoming weights are refitted on the images (:func:`_refit`), and a
-guide (:mod:`.guide`: the key's projections and where marks live) pairs and
-cleans its units.
+guide (:mod:`.guide`: the key's projections and where marks live) cleans its units
+and, on models where the mark blurs which unit is which, pairs them.
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ class Guide(Protocol):
 
     @property
     def layer(self) -> str: ...
+
+    @property
+    def responses_identify(self) -> bool: ...
 
     def pair(
         self,
@@ -193,9 +196,10 @@ def _match_outputs(
 
     Units are matched on the correlation of their pre-activations plus the cosines of
     their incoming weights (in the reference's input units; with a ``guide``, of the
-    suspect's rows restored at each position) and, for the units that feed the output
-    layer (whose classes keep their order), of their outgoing weights while these
-    still tell units apart (:func:`_intact`).
+    suspect's rows restored at each position, and only where the guide found that
+    responses alone do not identify the carrier's units: ``responses_identify``) and,
+    for the units that feed the output layer (whose classes keep their order), of
+    their outgoing weights while these still tell units apart (:func:`_intact`).
     A mark moves a unit's response, so the assignment also prefers a unit's own
     position (IDENTITY_PRIOR): a suspect with the reference's layout keeps it unless
     another unit matches clearly better. Only while the layout looks kept (LAYOUT_KEPT
@@ -203,8 +207,9 @@ def _match_outputs(
     would pull the ambiguous units onto positions that mean nothing (digits MPC copy,
     permute + dormant-reinit 0.99 + fine-tune 10, 4 trials: BER 0.31, 2 traced, with
     it; 0.22, 4 traced, without). This looks at the suspect alone, never at a
-    codeword, so the false-accusation bound is untouched. A ``guide`` then re-pairs
-    the units (the carrier's, reading the key's projections: :mod:`.guide`).
+    codeword, so the false-accusation bound is untouched. Where responses do not
+    identify them, a ``guide`` then re-pairs the carrier's units, reading the key's
+    projections (:mod:`.guide`).
     The scale: for the carrier's units (with a ``guide``), from each row's part outside
     the mark subspace, which no mark moves (:meth:`.guide.CarrierGuide.dormant_scales`);
     for the other units feeding the output layer, from the outgoing weights (a unit
@@ -216,9 +221,12 @@ def _match_outputs(
     n_s, n_r = s.shape[1], r.shape[1]
     if n_s < n_r:
         raise AlignmentError(f"layer {name}: the suspect has {n_s} units, the reference {n_r}")
-    correlation = _correlation(r, s) + (
-        _cosine(*incoming) if guide is None else guide.similarity(incoming[1], incoming[0])
-    )
+    guided = guide is not None and not guide.responses_identify
+    correlation = _correlation(r, s)
+    if guide is None:
+        correlation = correlation + _cosine(*incoming)
+    elif guided:
+        correlation = correlation + guide.similarity(incoming[1], incoming[0])
     if outgoing is not None and _intact(outgoing):
         correlation = correlation + _cosine(*outgoing)
     rows, chosen = linear_sum_assignment(-correlation)
@@ -226,7 +234,7 @@ def _match_outputs(
         correlation[np.arange(n_r), np.arange(n_r)] += IDENTITY_PRIOR
         rows, chosen = linear_sum_assignment(-correlation)
     chosen_t = torch.as_tensor(chosen[np.argsort(rows)])
-    if guide is not None:
+    if guided:
         chosen_t = guide.pair(
             similarity=correlation, rows=incoming[1], reference=incoming[0], chosen=chosen_t
         )

@@ -218,9 +218,10 @@ def verify_file(*, run: RunFolder, suspect: Path) -> tuple[TraceReport, int]:
 def _guide(
     *, run: RunFolder, key: FingerprintKey, reference: nn.Sequential, spec: ModelSpec
 ) -> CarrierGuide | None:
-    """The key's help in pairing the carrier's units, if the run still has its features."""
+    """The key's help in pairing and cleaning the carrier's units, if the run still has its
+    features."""
     try:
-        features, _ = run.load_features()
+        features, labels = run.load_features()
     except ConfigError as error:
         warnings.warn(
             f"{error}: pairing the carrier's units without the key's help, so copies whose "
@@ -228,4 +229,4 @@ def _guide(
             stacklevel=3,
         )
         return None
-    return CarrierGuide.of(key=key, model=reference, spec=spec, features=features)
+    return CarrierGuide.of(key=key, model=reference, spec=spec, features=features, labels=labels)

@@ -44,7 +44,7 @@ def margins(*, z: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     return z * (2 * bits - 1)
 
 
-def _split_at_carrier(
+def split_at_carrier(
     public: nn.Sequential, key: FingerprintKey
 ) -> tuple[nn.Sequential, nn.Linear, nn.Sequential]:
     """The layers in front of the carrier, the carrier's Linear layer, the layers after it."""
@@ -75,7 +75,7 @@ def mark_subspace(
     weights per bit. Verification uses it too (:mod:`.guide`): outside it, a copy's
     carrier rows are the unmarked model's.
     """
-    front, layer, _ = _split_at_carrier(public_part(model, spec), key)
+    front, layer, _ = split_at_carrier(public_part(model, spec), key)
     with torch.no_grad():
         inputs = front.eval()(features.float())
     room = math.ceil(WEIGHTS_PER_BIT * key.length / layer.weight.shape[0])
@@ -107,7 +107,7 @@ def embed(
         )
     config = key.embed
     marked = copy.deepcopy(model)
-    front, layer, back = _split_at_carrier(public_part(marked, spec), key)
+    front, layer, back = split_at_carrier(public_part(marked, spec), key)
     with torch.no_grad():
         inputs = front.eval()(features.float())  # fixed: nothing in front of W moves
     excited = mark_subspace(model=marked, spec=spec, key=key, features=features)

@@ -187,14 +187,18 @@ def sweep(
     context: AttackContext,
     test: LabeledImages,
     features: torch.Tensor,
+    labels: torch.Tensor,
     config: RobustnessConfig,
 ) -> dict[str, Any]:
     """Every attack at every strength, every chain; collusion attacks for 2, 3 and 5 colluders.
 
-    ``features`` are the owner's cut-layer features, which tell where marks live.
+    ``features`` (with their ``labels``) are the owner's cut-layer features, which tell
+    where marks live.
     """
     rng = np.random.default_rng(config.seed)
-    guide = CarrierGuide.of(key=key, model=reference, spec=context.spec, features=features)
+    guide = CarrierGuide.of(
+        key=key, model=reference, spec=context.spec, features=features, labels=labels
+    )
     score = _Scorer(population=population, key=key, reference=reference, test=test, guide=guide)
     copies_accuracy = [accuracy(copy, test) for copy in population.copies]
     results: dict[str, Any] = {
