@@ -19,9 +19,10 @@ from torch import nn
 from securemark_mpc.attacks import AttackContext, parse_chain, spec_of
 from securemark_mpc.config import ConfigError, TrainConfig
 from securemark_mpc.data import load_splits
+from securemark_mpc.fingerprint import guide as guide_module
 from securemark_mpc.fingerprint.align import AlignmentError, align
 from securemark_mpc.fingerprint.codes import CodeConfig, sample_biases
-from securemark_mpc.fingerprint.copies import issue_copy, verify_file
+from securemark_mpc.fingerprint.copies import GUIDE_CACHE, issue_copy, verify_file
 from securemark_mpc.fingerprint.embed import EmbeddingError, embed, margins
 from securemark_mpc.fingerprint.extract import extract
 from securemark_mpc.fingerprint.guide import CarrierGuide, share_closest_to_own
@@ -429,3 +430,26 @@ def test_a_suspect_with_non_finite_weights_is_refused(trained):
     images = trained.features.new_zeros((4, *trained.spec.input_shape))
     with pytest.raises(AlignmentError, match="non-finite"):
         align(suspect=broken, reference=trained.model, images=images)
+
+
+def test_verifying_measures_the_guide_once_per_model_and_key(issued, tmp_path, monkeypatch):
+    """The throw-away embedding that tells whether responses identify the carrier's units
+    is kept in the run; a new key (or model) measures again."""
+    calls = []
+    measure = guide_module._responses_identify
+
+    def counted(**kwargs):
+        calls.append(1)
+        return measure(**kwargs)
+
+    monkeypatch.setattr(guide_module, "_responses_identify", counted)
+    (issued.root / GUIDE_CACHE).unlink(missing_ok=True)
+    for _ in range(2):
+        report, _ = verify_file(run=issued, suspect=issued.copy_path("carol"))
+        assert [a.customer for a in report.accused] == ["carol"]
+    assert len(calls) == 1
+    cached = json.loads((issued.root / GUIDE_CACHE).read_text())
+    cached["stamp"]["key_sha256"] = "0" * 64
+    (issued.root / GUIDE_CACHE).write_text(json.dumps(cached))
+    verify_file(run=issued, suspect=issued.copy_path("carol"))
+    assert len(calls) == 2

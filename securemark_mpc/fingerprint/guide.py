@@ -96,14 +96,18 @@ class CarrierGuide:
         spec: ModelSpec,
         features: torch.Tensor,
         labels: torch.Tensor,
+        responses_identify: bool | None = None,
     ) -> CarrierGuide:
-        """The guide for copies of the unmarked ``model``, from the owner's cut-layer features."""
+        """The guide for copies of the unmarked ``model``, from the owner's cut-layer
+        features; ``responses_identify`` is measured unless given (a cached measurement)."""
+        if responses_identify is None:
+            responses_identify = _responses_identify(
+                key=key, model=model, spec=spec, features=features, labels=labels
+            )
         return cls(
             key=key,
             excited=mark_subspace(model=model, spec=spec, key=key, features=features),
-            responses_identify=_responses_identify(
-                key=key, model=model, spec=spec, features=features, labels=labels
-            ),
+            responses_identify=responses_identify,
         )
 
     @property
