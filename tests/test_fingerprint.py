@@ -395,7 +395,7 @@ def test_units_are_recognised_by_response_until_a_change_outweighs_their_differe
 
 def test_on_the_digits_twin_the_mark_blurs_responses_so_the_key_pairs_the_carrier(trained, key):
     """The default mark turns the twin's carrier units past telling them apart by
-    response (about 45% closest to their own unit): rows and the key must pair them."""
+    response (45-47% closest to their own unit): rows and the key must pair them."""
     guide = CarrierGuide.of(
         key=key,
         model=trained.model,
