@@ -453,3 +453,6 @@ def test_verifying_measures_the_guide_once_per_model_and_key(issued, tmp_path, m
     (issued.root / GUIDE_CACHE).write_text(json.dumps(cached))
     verify_file(run=issued, suspect=issued.copy_path("carol"))
     assert len(calls) == 2
+    (issued.root / GUIDE_CACHE).write_text("[1, 2]")  # damaged: measured again, no crash
+    verify_file(run=issued, suspect=issued.copy_path("carol"))
+    assert len(calls) == 3

@@ -243,7 +243,13 @@ def _guide(
         cached = run.read_json(GUIDE_CACHE)
     except ConfigError:
         cached = {}
-    known = cached.get("responses_identify") if cached.get("stamp") == stamp else None
+    known = (
+        cached.get("responses_identify")
+        if isinstance(cached, dict) and cached.get("stamp") == stamp
+        else None
+    )
+    if not isinstance(known, bool):  # missing, stale or damaged: measure again
+        known = None
     guide = CarrierGuide.of(
         key=key,
         model=reference,
