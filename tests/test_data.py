@@ -25,6 +25,7 @@ from securemark_mpc.data import (
     simulated_party_data,
 )
 from securemark_mpc.data.party import folder_format
+from securemark_mpc.data.splits import attacker_half
 from tests.conftest import write_image_folder
 
 MNIST_T10K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-t10k"
@@ -89,6 +90,21 @@ def test_splits_are_disjoint_cover_the_pool_and_are_stratified(numbered_source):
     class_sizes = torch.bincount(labels)
     test_sizes = torch.bincount(labels[ids["test"]], minlength=7)
     assert torch.all((test_sizes - 0.25 * class_sizes).abs() <= 1)
+
+
+def test_attacker_half_splits_the_test_set_in_two_stratified_disjoint_halves():
+    test = load_splits(DataConfig(aux_fraction=0)).test
+    ids = torch.arange(len(test)).float()[:, None, None, None]  # each image is its own index
+    test = LabeledImages(images=ids, labels=test.labels)
+    thief, kept = attacker_half(test, seed=0)
+    thief_ids, kept_ids = thief.images.flatten().long(), kept.images.flatten().long()
+    assert sorted(thief_ids.tolist() + kept_ids.tolist()) == list(range(len(test)))
+    assert len(thief) == len(test) // 2
+    sizes = torch.bincount(test.labels, minlength=10)
+    assert torch.all((torch.bincount(thief.labels, minlength=10) - sizes / 2).abs() <= 1)
+    assert torch.equal(attacker_half(test, seed=0)[0].images, thief.images)
+    with pytest.raises(DataError, match="cannot be halved"):
+        attacker_half(test.subset(torch.tensor([0])), seed=0)
 
 
 def test_splits_are_deterministic_per_seed(numbered_source):

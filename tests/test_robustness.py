@@ -6,6 +6,7 @@ import json
 
 from securemark_mpc.cli import main
 from securemark_mpc.config import TrainConfig
+from securemark_mpc.data import DataConfig
 from securemark_mpc.plaintext import write_plaintext_run
 from securemark_mpc.run_folder import RunFolder
 
@@ -65,6 +66,18 @@ def test_small_sweep_writes_report_and_plot(tmp_path, capsys):
     assert not (run.root / "registry.sqlite").exists(), (
         "simulated customers must not enter the registry"
     )
+
+
+def test_a_run_without_attacker_split_gives_the_thief_half_the_test_set(tmp_path, capsys):
+    run = RunFolder(tmp_path / "run")
+    config = TrainConfig(epochs=2, data=DataConfig(aux_fraction=0))
+    write_plaintext_run(run, config)
+    arguments = ["--attacks", "finetune-last", "--chains", "--trials", "1", "--population", "2"]
+    assert main(["robustness", "--run", str(run.root), *arguments]) == 0
+    assert "the thief trains on 179 of its 359 test images" in capsys.readouterr().out
+    report = json.loads((run.root / "reports" / "robustness.json").read_text())
+    assert (report["attacker_images"], report["test_images"]) == (179, 180)
+    assert report["attacks"]["finetune-last"]["points"][0]["traced_rate"] == 1
 
 
 def test_unknown_attack_exits_2(tmp_path, capsys):

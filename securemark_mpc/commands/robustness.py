@@ -13,6 +13,7 @@ from securemark_mpc.attacks import ATTACKS, AttackContext, AttackError, parse_ch
 from securemark_mpc.commands import Command
 from securemark_mpc.config import ConfigError
 from securemark_mpc.data import load_splits
+from securemark_mpc.data.splits import attacker_half
 from securemark_mpc.fingerprint.codes import CodeConfig
 from securemark_mpc.fingerprint.copies import ensure_key
 from securemark_mpc.fingerprint.key import FingerprintConfig, fresh_seed, keygen
@@ -78,9 +79,12 @@ def run_command(args: argparse.Namespace) -> int:
         key = keygen(spec=spec, config=config, seed=fresh_seed())
     features, labels = run.load_features()
     splits = load_splits(run.load_config().data)
-    if len(splits.aux) == 0:
-        raise ConfigError(
-            "the robustness report needs an attacker split: this run has --aux-fraction 0"
+    aux, test = splits.aux, splits.test
+    if len(aux) == 0:  # the thief needs data: half of the test split, disjoint from training
+        aux, test = attacker_half(splits.test, seed=args.seed)
+        print(
+            f"this run has no attacker split (--aux-fraction 0): the thief trains on {len(aux)} "
+            f"of its {len(splits.test)} test images, accuracy is measured on the other {len(test)}"
         )
     registered = Registry(run.registry_path).next_index() if run.registry_path.exists() else 0
     population = make_population(
@@ -104,12 +108,14 @@ def run_command(args: argparse.Namespace) -> int:
         population=population,
         key=key,
         reference=model,
-        context=AttackContext(spec=spec, aux=splits.aux, seed=args.seed),
-        test=splits.test,
+        context=AttackContext(spec=spec, aux=aux, seed=args.seed),
+        test=test,
         features=features,
         labels=labels,
         config=config,
     )
+    results["attacker_images"] = len(aux)
+    results["test_images"] = len(test)
     reports = run.root / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     stem = "robustness" if args.bits is None else f"robustness_{args.bits}bits"

@@ -97,3 +97,16 @@ def load_splits(config: DataConfig) -> DatasetSplits:
         aux=pool.subset(aux.sort().values),
         info=info,
     )
+
+
+def attacker_half(test: LabeledImages, *, seed: int) -> tuple[LabeledImages, LabeledImages]:
+    """A stratified half of ``test`` for a simulated thief, and the other half to measure on.
+
+    For runs trained with no attacker split (``--aux-fraction 0``, e.g. MNIST-t10k's
+    reference 8,000 / 2,000 split): both halves stay disjoint from the training images.
+    """
+    order = stratified_order(test.labels, seed=seed)
+    half = len(order) // 2
+    if half == 0:
+        raise DataError(f"a test split of {len(order)} image(s) cannot be halved")
+    return test.subset(order[:half].sort().values), test.subset(order[half:].sort().values)
