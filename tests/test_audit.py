@@ -168,6 +168,18 @@ def test_audit_run_writes_the_privacy_report(small_run):
     assert set(written["skipped_attacks"]) == {"multi-epoch-inverse", "multi-epoch-white-box"}
 
 
+def test_a_run_without_an_auxiliary_split_is_attacked_with_the_owners_test_images(tmp_path):
+    """MNIST-t10k's reference split (--aux-fraction 0) leaves no auxiliary images: the
+    model owner, who is the attacker here, trains its attacks on its own test set."""
+    config = replace(SMALL, data=replace(SMALL.data, aux_fraction=0.0))
+    run = RunFolder(tmp_path / "run")
+    write_plaintext_run(run, config)
+    report = audit_run(run=run, config=replace(QUICK_AUDIT, attacks=("inverse-network",)))
+    test_size = len(load_splits(config.data).test)
+    assert report["attacker_images"] == {"source": "test split", "count": test_size}
+    assert 0 < report["attacks"]["inverse-network"]["ssim"] < 1
+
+
 def assert_privacy_keys(report: dict) -> None:
     """The output contract: every attacker's SSIM, the max over the real ones, the floors."""
     attacks = report["attacks"]

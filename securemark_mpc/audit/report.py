@@ -245,11 +245,14 @@ def audit_run(*, run: RunFolder, config: AuditConfig, progress: bool = True) -> 
     train = training_order(train_config, splits)
     if not torch.equal(cached["labels"], train.labels):
         raise DataError(f"{run.features_path} does not match the run's training images")
+    # The attacker is the model owner: without an auxiliary split (--aux-fraction 0) it
+    # trains its attacks on its own test images, which it holds anyway.
+    aux, aux_source = (splits.aux, "aux split") if len(splits.aux) else (splits.test, "test split")
     result = attack_reveal(
         private=private_part(model, spec).eval(),
         features=cached["features"],
         train=train,
-        aux=splits.aux,
+        aux=aux,
         noise_sigma=train_config.reveal_noise_sigma,
         config=config,
         progress=progress,
@@ -260,6 +263,7 @@ def audit_run(*, run: RunFolder, config: AuditConfig, progress: bool = True) -> 
         "dataset": train_config.data.dataset,
         "noise_sigma": train_config.reveal_noise_sigma,
         "test_accuracy": metrics.get("test_accuracy"),
+        "attacker_images": {"source": aux_source, "count": len(aux)},
         **describe_partition(spec, cut=spec.split),
         **result.to_json(),
         "labels_from_features_accuracy": labels_from_features(
