@@ -85,14 +85,10 @@ def test_bad_training_arguments_exit_2_saying_why(tmp_path, capsys, arguments, m
 
 
 class _Gathered:
-    """Stands in for CrypTen: all_gather returns the rows given, with this party's own."""
+    """Stands in for a group: all_gather returns the rows given, with this party's own."""
 
     def __init__(self, rows: list | None = None) -> None:
         self.rows = rows
-        self.communicator = self
-
-    def get(self):
-        return self
 
     def all_gather(self, mine):
         self.mine = mine
@@ -102,7 +98,11 @@ class _Gathered:
 def _row(info: DataInfo):
     fake = _Gathered()
     exchange_handshake(
-        fake, PartyAddress(0, 3, "tcp://x:1"), digest="d", data_settings=info.settings(), values=[7]
+        fake.all_gather,
+        PartyAddress(0, 3, "tcp://x:1"),
+        digest="d",
+        data_settings=info.settings(),
+        values=[7],
     )
     return fake.mine
 
@@ -121,7 +121,7 @@ def test_data_that_differs_stops_every_party_naming_who_and_what(change, setting
     rows = [_row(owner), _row(owner), None]  # data owner 2 (this party) has other data
     with pytest.raises(ConfigMismatch) as raised:
         exchange_handshake(
-            _Gathered(rows),
+            _Gathered(rows).all_gather,
             PartyAddress(2, 3, "tcp://x:1"),
             digest="d",
             data_settings=other.settings(),
@@ -131,7 +131,7 @@ def test_data_that_differs_stops_every_party_naming_who_and_what(change, setting
     assert f"party 2 (data owner 2) differs in {setting}" in message
     assert "party 1" not in message and other.settings()[setting] in message
     agreed = exchange_handshake(
-        _Gathered([_row(owner), None]),
+        _Gathered([_row(owner), None]).all_gather,
         PartyAddress(1, 2, "tcp://x:1"),
         digest="d",
         data_settings=owner.settings(),

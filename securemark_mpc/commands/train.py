@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from securemark_mpc.commands import Command
-from securemark_mpc.config import SCHEDULES, ConfigError, TrainConfig
+from securemark_mpc.config import SCHEDULES, TOPOLOGIES, ConfigError, TrainConfig
 from securemark_mpc.data import DATASETS, PARTITIONERS, DataConfig, load_splits, partition_shards
 from securemark_mpc.models import PRESETS
 from securemark_mpc.mpc.auth import ensure_secret
@@ -36,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="split in file order (test = last images), e.g. MNIST-t10k's reference split",
     )
     data.add_argument("--data-owners", type=int, default=defaults.data_owners)
+    data.add_argument(
+        "--topology",
+        default=defaults.topology,
+        choices=sorted(TOPOLOGIES),
+        help="who computes: all (every data owner, default) or two (the model owner and data "
+        "owner 1; the others hand over their data as two shares: faster, but the model owner "
+        "and data owner 1 must not collude; README: Who computes)",
+    )
     data.add_argument(
         "--partition", default=defaults.partition, help=f"one of {sorted(PARTITIONERS)}"
     )
@@ -113,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         data=data,
         data_owners=args.data_owners,
+        topology=args.topology,
         partition=args.partition,
         model=args.model,
         split=args.split,

@@ -24,7 +24,9 @@ import torch.distributed as dist
 from securemark_mpc.config import ConfigError, TrainConfig
 from securemark_mpc.data import DataError, PartyData, load_own_folder, simulated_party_data
 from securemark_mpc.mpc.auth import SecretFileError, read_secret
+from securemark_mpc.mpc.crypten_shim import load_crypten
 from securemark_mpc.mpc.dealer import serve_triples
+from securemark_mpc.mpc.handoff import hand_over
 from securemark_mpc.mpc.session import (
     AuthenticationRefused,
     ConfigMismatch,
@@ -32,7 +34,9 @@ from securemark_mpc.mpc.session import (
     PartyAddress,
     PartyFailure,
     PeerLost,
+    computing_address,
     die,
+    open_store,
     start_crypten,
     warn_if_not_loopback,
 )
@@ -95,24 +99,60 @@ def run_party(
             "unmask every data owner's images. Use it only for testing.",
             stacklevel=2,
         )
+    handed = None
+    compute = computing_address(address, config.topology)
     try:
+        store = None
+        if compute is not address:  # two computing parties: the others hand over first
+            store = open_store(
+                address,
+                parties=address.world_size + int(address.use_dealer),
+                timeout_seconds=config.comm_timeout_seconds,
+            )
+            if not address.is_dealer:
+                handed = hand_over(
+                    address,
+                    config,
+                    data,
+                    store=store,
+                    secret=secret,
+                    encode=load_crypten(timeout_seconds=config.comm_timeout_seconds)
+                    .encoder.FixedPointEncoder()
+                    .encode,
+                )
+            if compute is None:
+                print(
+                    f"[{address.role}] handed its {len(data.images)} images over as shares to "
+                    "the model owner and data owner 1, who compute; it leaves the run",
+                    flush=True,
+                )
+                return
         crypten = start_crypten(
-            address,
+            compute,
             provider=config.provider,
             timeout_seconds=config.comm_timeout_seconds,
             secret=secret,
+            store=store,
         )
     except AuthenticationRefused as error:
         die(f"[{address.role}] {error}", code=EXIT_REFUSED)
+    except ConfigMismatch as error:
+        die(f"[{address.role}] {error}", code=EXIT_CONFIG_MISMATCH)
     except PartyFailure as error:
         die(f"[{address.role}] {error}", code=EXIT_PEER_FAILED)
+    address = compute
     liveness = Liveness(address).start()
     try:
         if address.is_dealer:
             serve_triples(crypten)
         else:
             trainer = _trainer_class(config.engine)(
-                crypten=crypten, config=config, address=address, run=run, data=data
+                crypten=crypten,
+                config=config,
+                address=address,
+                run=run,
+                data=data,
+                handed=handed,
             )
             trainer.train(resume=resume, argv=argv)
             crypten.uninit()

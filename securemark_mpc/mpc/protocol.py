@@ -32,6 +32,7 @@ from securemark_mpc.models import (
     save_model,
 )
 from securemark_mpc.mpc import checkpoint
+from securemark_mpc.mpc.handoff import HandedShards
 from securemark_mpc.mpc.joint_init import draw_jointly
 from securemark_mpc.mpc.prefetch import PrefetchingDealer
 from securemark_mpc.mpc.private_partition import encrypt_layers
@@ -149,6 +150,7 @@ class SplitTrainer:
         address: PartyAddress,
         run: RunFolder,
         data: PartyData,
+        handed: HandedShards | None = None,
     ) -> None:
         self.crypten = crypten
         self.config = config
@@ -161,10 +163,13 @@ class SplitTrainer:
         self.spec: ModelSpec = config.model_spec(data.info)
         self.test = data.images if self.is_owner else None
         self.shard = data.images if not self.is_owner else None
+        # --topology two: this party's shares of the shards that the other data owners
+        # handed over instead of computing (`handoff`); empty when every data owner computes.
+        self.handed = handed or HandedShards()
         self.noise = SharedRevealNoise(
             crypten,
             rank=self.rank,
-            data_owners=config.data_owners,
+            data_owners=config.computing_data_owners,
             sigma=config.reveal_noise_sigma,
         )
         self.profile = PhaseProfile(crypten)
@@ -174,7 +179,7 @@ class SplitTrainer:
         own_size = len(self.shard) if self.shard is not None else 0
         test_size = len(self.test) if self.test is not None else 0
         rows = exchange_handshake(
-            self.crypten,
+            self.crypten.communicator.get().all_gather,
             self.address,
             digest=self.config.digest(),
             data_settings=self.data.info.settings(),
@@ -190,7 +195,7 @@ class SplitTrainer:
     def _share_per_owner(
         self, shard_sizes: list[int], values: Any, shape: tuple[int, ...]
     ) -> list[Any]:
-        """Each data owner secret-shares its own tensor (`values(shard)`); all get shares."""
+        """Each computing data owner secret-shares its own tensor (`values(shard)`)."""
         shared = []
         for owner, size in enumerate(shard_sizes, start=1):
             mine = self.rank == owner
@@ -202,12 +207,19 @@ class SplitTrainer:
             )
         return shared
 
+    def _from_handed(self, shares: list[torch.Tensor]) -> list[Any]:
+        """The handed-over shards as CrypTen tensors (this party's ring shares, encoded)."""
+        return [self.crypten.mpc.MPCTensor.from_shares(share) for share in shares]
+
     def _share_training_data(self, shard_sizes: list[int]) -> tuple[Any, torch.Tensor | None]:
-        """Each data owner shares its own images; labels are revealed to the owner only."""
+        """Each data owner shares its own images (or has handed them over as shares);
+        labels are revealed to the owner only. Rows: data owner 1's, 2's, ... in order."""
         images = self._share_per_owner(
             shard_sizes, lambda shard: shard.images, self.spec.input_shape
-        )
-        shared_labels = self._share_per_owner(shard_sizes, lambda shard: shard.labels.float(), ())
+        ) + self._from_handed(self.handed.images)
+        shared_labels = self._share_per_owner(
+            shard_sizes, lambda shard: shard.labels.float(), ()
+        ) + self._from_handed(self.handed.labels)
         labels = [reveal(part, kind="labels", rank=self.rank) for part in shared_labels]
         owner_labels = torch.cat(labels).round().long() if self.is_owner else None
         return self.crypten.cat(images, dim=0), owner_labels
@@ -236,7 +248,11 @@ class SplitTrainer:
         private = encrypt_layers(crypten, private_part(model, self.spec), src=MODEL_OWNER)
         if not config.seeded_private_init:
             draw_jointly(
-                crypten, private, spec=self.spec, rank=self.rank, data_owners=config.data_owners
+                crypten,
+                private,
+                spec=self.spec,
+                rank=self.rank,
+                data_owners=config.computing_data_owners,
             )
         private_optimizer = PrivateSGD(
             crypten, private.parameters(), lr=config.learning_rate, momentum=config.momentum
@@ -264,10 +280,11 @@ class SplitTrainer:
             crypten, rank=self.rank, private=private, optimizer=private_optimizer
         )
 
-        total = sum(shard_sizes)
+        total = sum(shard_sizes) + sum(self.handed.sizes)
         for epoch in range(first_epoch, config.epochs):
             began = time.perf_counter()
             loss, accuracy = self._epoch(epoch, images, total, private, private_optimizer, owner)
+            checking = time.perf_counter()
             with self.profile.phase("wrap guard range check (MPC)"):
                 self.guard.check(f"end of epoch {epoch + 1}")  # checkpoints hold checked weights
             seconds = time.perf_counter() - began
@@ -276,6 +293,7 @@ class SplitTrainer:
                 "train_loss": loss,
                 "train_accuracy": accuracy,
                 "seconds": seconds,
+                "range_check_seconds": time.perf_counter() - checking,  # once per epoch
                 "batches": len(self._batches(epoch, total)),
             }
             if config.eval_each_epoch:

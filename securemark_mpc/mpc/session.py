@@ -3,10 +3,12 @@ handshake, liveness.
 
 This is the transport seam: protocol code talks to CrypTen's communicator; only this
 module touches ``torch.distributed`` directly (its rendezvous store, for authentication
-and heartbeats).
+and heartbeats, and the plain gloo group of the hand-over in ``handoff.py``).
 
 Ranks: 0 is the model owner, 1..k are the data owners, and rank k+1 is CrypTen's TTP
-dealer (absent with the insecure TFP provider).
+dealer (absent with the insecure TFP provider). With ``--topology two`` only ranks 0
+and 1 compute: CrypTen's world is then {0, 1} and the dealer is its rank 2
+(:func:`computing_address`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from torch.distributed import PrefixStore
 
 from securemark_mpc.mpc.auth import (
     AuthenticationFailure,
@@ -85,6 +88,25 @@ def role_name(rank: int, world_size: int) -> str:
     if rank == world_size:
         return f"party {rank} (TTP dealer)"
     return f"party {rank} (data owner {rank})"
+
+
+def computing_address(address: PartyAddress, topology: str) -> PartyAddress | None:
+    """This party's address in CrypTen's world, or None for a data owner that only hands over.
+
+    With every data owner computing it is the launch address. With two computing parties
+    the world is the model owner and data owner 1, and the dealer becomes rank 2.
+    """
+    if topology == "all":
+        return address
+    if address.is_dealer:
+        return replace(address, rank=2, world_size=2)
+    return replace(address, world_size=2) if address.rank <= 1 else None
+
+
+# Each phase of a run has its own keys in the one rendezvous store: the hand-over of
+# ``--topology two`` first, then CrypTen's computation.
+HANDOFF_STORE_PREFIX = "securemark-handoff/"
+COMPUTE_STORE_PREFIX = "securemark-compute/"
 
 
 def warn_if_not_loopback(rendezvous: str) -> None:
@@ -161,13 +183,101 @@ def _confirm_channels(gate: RunAuthenticator) -> None:
     gate.check_channel_tags([bytes(tag.tolist()) for tag in gathered])
 
 
+def _authenticated_group(
+    store: Any,
+    *,
+    rank: int,
+    parties: int,
+    secret: bytes,
+    describe: Callable[[int], str],
+    timeout_seconds: float,
+    init_group: Callable[[], None],
+) -> None:
+    """Authenticate `parties` ranks on `store`, then connect them over gloo (`init_group`
+    runs ``init_process_group``) and confirm that every connection knows the secret."""
+    gate = RunAuthenticator(
+        store=store,
+        rank=rank,
+        parties=parties,
+        secret=secret,
+        describe=describe,
+        join_seconds=timeout_seconds,
+    )
+    gate.authenticate()
+    with _process_group_on(store, then=lambda: _confirm_channels(gate)):
+        init_group()
+
+
+@contextlib.contextmanager
+def _start_failures(address: PartyAddress) -> Iterator[None]:
+    """Turn start-up errors into PartyFailure subclasses that name the party."""
+    try:
+        yield
+    except AuthenticationFailure as error:
+        if address.rank == 0:
+            time.sleep(LINGER_SECONDS)  # keep the store up while the others read the refusal
+        raise AuthenticationRefused(f"refuses to go on: {error}") from None
+    except PartyMissing as error:
+        if address.rank == 0:
+            time.sleep(LINGER_SECONDS)  # keep the store up until the others time out too
+        raise PartyFailure(f"{address.role} cannot start: {error}") from None
+    except PartyFailure:
+        raise
+    except (RuntimeError, ValueError) as error:
+        raise PartyFailure(
+            f"{address.role} could not reach the others at {address.rendezvous}: {error}"
+        ) from None
+
+
+def open_handoff_group(
+    address: PartyAddress, *, store: Any, secret: bytes, timeout_seconds: float
+) -> None:
+    """The plain gloo group of the model owner and every data owner (no dealer), authenticated,
+    for the hand-over of ``--topology two``; close it with ``close_group``."""
+    import torch.distributed as dist
+
+    def init_group() -> None:
+        dist.init_process_group(
+            backend="gloo",
+            world_size=address.world_size,
+            rank=address.rank,
+            timeout=datetime.timedelta(seconds=timeout_seconds),
+        )
+
+    with _start_failures(address):
+        _authenticated_group(
+            PrefixStore(HANDOFF_STORE_PREFIX, store),
+            rank=address.rank,
+            parties=address.world_size,
+            secret=secret,
+            describe=lambda rank: role_name(rank, address.world_size),
+            timeout_seconds=timeout_seconds,
+            init_group=init_group,
+        )
+
+
+def close_group() -> None:
+    """Leave the current plain gloo group once everybody has got what it was sent."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def start_crypten(
-    address: PartyAddress, *, provider: str, timeout_seconds: float, secret: bytes | None = None
+    address: PartyAddress,
+    *,
+    provider: str,
+    timeout_seconds: float,
+    secret: bytes | None = None,
+    store: Any = None,
 ) -> Any:
     """Authenticate every party, then set CrypTen's provider and initialise its communicator.
 
     No share flows before each rank has proven that it knows the run `secret` (default:
     the file named by $SECUREMARK_SECRET_FILE), see :mod:`securemark_mpc.mpc.auth`.
+    `store` is the rendezvous store when this process has already opened it (a hand-over
+    came first); CrypTen's keys then get a prefix of their own.
     """
     os.environ.update(
         RANK=str(address.rank),
@@ -182,31 +292,20 @@ def start_crypten(
     crypten.cfg.mpc.provider = provider.upper()
     crypten.cfg.communicator.verbose = True  # count rounds and bytes
     parties = address.world_size + (1 if address.use_dealer else 0)
-    try:
-        store = open_store(address, parties=parties, timeout_seconds=timeout_seconds)
-        gate = RunAuthenticator(
-            store=store,
+    with _start_failures(address):
+        if store is None:
+            store = open_store(address, parties=parties, timeout_seconds=timeout_seconds)
+        else:
+            store = PrefixStore(COMPUTE_STORE_PREFIX, store)
+        _authenticated_group(
+            store,
             rank=address.rank,
             parties=parties,
             secret=secret,
             describe=lambda rank: role_name(rank, address.world_size),
-            join_seconds=timeout_seconds,
+            timeout_seconds=timeout_seconds,
+            init_group=crypten.init,
         )
-        gate.authenticate()
-        with _process_group_on(store, then=lambda: _confirm_channels(gate)):
-            crypten.init()
-    except AuthenticationFailure as error:
-        if address.rank == 0:
-            time.sleep(LINGER_SECONDS)  # keep the store up while the others read the refusal
-        raise AuthenticationRefused(f"refuses to go on: {error}") from None
-    except PartyMissing as error:
-        raise PartyFailure(f"{address.role} cannot start: {error}") from None
-    except PartyFailure:
-        raise
-    except (RuntimeError, ValueError) as error:
-        raise PartyFailure(
-            f"{address.role} could not reach the others at {address.rendezvous}: {error}"
-        ) from None
     return crypten
 
 
@@ -305,14 +404,16 @@ def _words(text: str) -> list[int]:
 
 
 def exchange_handshake(
-    crypten: Any,
+    all_gather: Callable[[torch.Tensor], list[torch.Tensor]],
     address: PartyAddress,
     *,
     digest: str,
     data_settings: dict[str, str],
     values: list[int],
 ) -> list[list[int]]:
-    """All computing parties swap their config digest, data settings and a few integers.
+    """All parties of a group swap their config digest, data settings and a few integers.
+
+    `all_gather` is the group's: CrypTen's communicator, or the hand-over's gloo group.
 
     Returns every party's integers (e.g. shard sizes, resume epoch). A config digest or
     a data setting (image shape, class names, normalisation) that differs from the model
@@ -324,7 +425,7 @@ def exchange_handshake(
         [word for text in checked.values() for word in _words(text)] + list(values),
         dtype=torch.long,
     )
-    gathered = crypten.communicator.get().all_gather(mine)
+    gathered = all_gather(mine)
     width = 4 * len(checked)
     differences = [
         (rank, what)
