@@ -81,7 +81,9 @@ def run_command(args: argparse.Namespace) -> int:
     if args.run is not None:
         report = audit_run(run=RunFolder(args.run), config=audit)
         known = report["attacker_images"]
-        print(f"the attacks train on the owner's {known['count']} images of the run's {known['source']}")
+        print(
+            f"the attacks train on the owner's {known['count']} images of the run's {known['source']}"
+        )
         print(_summary([report]))
         print(f"report: {args.run / 'reports' / 'privacy.json'}", file=sys.stderr)
         return 0
