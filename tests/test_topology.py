@@ -18,6 +18,7 @@ from tests.conftest import SMALL, assert_matches_plaintext, assert_ok, launch
 
 # Three data owners: data owner 1 computes with the model owner, 2 and 3 hand over.
 HANDING = replace(SMALL, data_owners=3, topology="two")
+FAILING = replace(HANDING, comm_timeout_seconds=10.0)  # failure tests: the others give up soon
 
 
 def test_two_computing_parties_are_the_model_owner_and_data_owner_1():
@@ -99,12 +100,24 @@ def test_a_data_owner_that_never_hands_over_is_named(tmp_path):
     def absent(rank: int, command: list[str]) -> list[str]:
         return [sys.executable, "-c", "raise SystemExit(4)"] if rank == 2 else command
 
-    result = launch(
-        run, replace(HANDING, comm_timeout_seconds=10.0), wrap_command=absent, time_limit=120
-    )
+    result = launch(run, FAILING, wrap_command=absent, time_limit=120)
     assert not result.ok and not result.timed_out, result.report()
     assert result.first_failure is not None and result.first_failure.rank == 2
     for outcome in result.outcomes:
         assert outcome.returncode not in (0, None), f"{outcome.describe()}: should stop by itself"
         if outcome.rank in (0, 1):
             assert "party 2 (data owner 2)" in outcome.log.read_text(), outcome.log_tail()
+
+
+@pytest.mark.mpc
+def test_a_handing_data_owner_with_other_settings_stops_every_party(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    other = RunFolder(tmp_path / "other")
+    other.save_config(replace(FAILING, learning_rate=0.5), argv=["pytest"])
+    result = launch(run, FAILING, party_args={3: ["--config", str(other.config_path)]})
+    assert not result.ok and not result.timed_out, result.report()
+    for outcome in result.outcomes:
+        assert outcome.returncode not in (0, None), f"{outcome.describe()}: should stop by itself"
+        if outcome.rank in (0, 1, 2, 3):
+            assert outcome.returncode == 3, outcome.log_tail()
+            assert "party 3 (data owner 3) differs in settings" in outcome.log.read_text()

@@ -80,43 +80,55 @@ def hand_over(
     Returns this party's shares at the two computing parties, None at a data owner that
     handed its shard over. `encode` is CrypTen's fixed-point encoder (float -> int64).
     """
-    import torch.distributed as dist
-
     open_handoff_group(
         address, store=store, secret=secret, timeout_seconds=config.comm_timeout_seconds
     )
-    own_size = 0 if address.rank == 0 else len(data.images)
-    rows = exchange_handshake(
-        _all_gather,
-        address,
-        digest=config.digest(),
-        data_settings=data.info.settings(),
-        values=[own_size],
-    )
-    first_handing = config.computing_data_owners + 1
-    handing = range(first_handing, address.world_size)
-    shape = tuple(data.info.image_shape)
     handed = HandedShards()
-    for owner in handing:
-        size = rows[owner][0]
-        if address.rank == owner:
-            shard = data.images
-            for tensor in (shard.images, shard.labels.float()):
-                mask, remainder = split_into_shares(encode(tensor))
-                dist.send(mask, dst=MASK_HOLDER)
-                dist.send(remainder, dst=REMAINDER_HOLDER)
-        elif address.rank in (MASK_HOLDER, REMAINDER_HOLDER):
-            images = torch.empty((size, *shape), dtype=torch.long)
-            labels = torch.empty((size,), dtype=torch.long)
-            try:
-                dist.recv(images, src=owner)
-                dist.recv(labels, src=owner)
-            except RuntimeError as error:
-                raise PartyFailure(
-                    f"{role_name(owner, address.world_size)} did not hand over its shard: {error}"
-                ) from None
-            handed.sizes.append(size)
-            handed.images.append(images)
-            handed.labels.append(labels)
-    close_group()
+    first_handing = config.computing_data_owners + 1
+    stage = "the settings check"
+    try:
+        rows = exchange_handshake(
+            _all_gather,
+            address,
+            digest=config.digest(),
+            data_settings=data.info.settings(),
+            values=[0 if address.rank == 0 else len(data.images)],
+        )
+        for owner in range(first_handing, address.world_size):
+            stage = f"the shard of {role_name(owner, address.world_size)}"
+            _transfer(address, owner, size=rows[owner][0], data=data, encode=encode, into=handed)
+        stage = "the closing barrier"
+        close_group()
+    except PartyFailure:  # a settings mismatch, already named
+        raise
+    except RuntimeError as error:  # gloo: a peer died, or a wait timed out
+        raise PartyFailure(f"the hand-over failed at {stage}: {error}") from None
     return handed if address.rank < first_handing else None
+
+
+def _transfer(
+    address: PartyAddress,
+    owner: int,
+    *,
+    size: int,
+    data: PartyData,
+    encode: Any,
+    into: HandedShards,
+) -> None:
+    """Data owner `owner` sends its shares; the two computing parties receive theirs."""
+    import torch.distributed as dist
+
+    if address.rank == owner:
+        shard = data.images
+        for tensor in (shard.images, shard.labels.float()):
+            mask, remainder = split_into_shares(encode(tensor))
+            dist.send(mask, dst=MASK_HOLDER)
+            dist.send(remainder, dst=REMAINDER_HOLDER)
+    elif address.rank in (MASK_HOLDER, REMAINDER_HOLDER):
+        images = torch.empty((size, *data.info.image_shape), dtype=torch.long)
+        labels = torch.empty((size,), dtype=torch.long)
+        dist.recv(images, src=owner)
+        dist.recv(labels, src=owner)
+        into.sizes.append(size)
+        into.images.append(images)
+        into.labels.append(labels)
