@@ -90,7 +90,7 @@ def batch_counts(spec: ModelSpec, batch_size: int) -> list[Call]:
             calls += _linear_calls("matmul", macs, first)
             parameters += (shape[0] + 1) * out_shape[0]
             shape = out_shape
-        elif kind in NONLINEAR_KINDS:
+        elif kind in NONLINEAR_KINDS or kind == "cutnorm":  # cutnorm: timed at the cut width
             elements = batch_size * _numel(shape)
             calls += [
                 ("forward", f"{kind}_forward", elements),

@@ -55,7 +55,7 @@ class TrainConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     data_owners: int = 2
-    topology: str = "all"  # TOPOLOGIES: "two" is 2-3x faster, but then data owner 1 must be trusted
+    topology: str = "all"  # TOPOLOGIES; "two": faster, but owner and data owner 1 must not collude
     partition: str = "iid"
     model: str | None = None  # preset name; None picks the preset for the data set's shape
     split: int | None = None  # layers kept under MPC; None keeps the preset's default
