@@ -11,6 +11,7 @@ import torch
 
 from securemark_mpc.config import ConfigError
 from securemark_mpc.data import load_splits
+from securemark_mpc.mpc.auth import write_secret
 from securemark_mpc.mpc.handoff import split_into_shares, uniform_ring_mask
 from securemark_mpc.mpc.session import PartyAddress, computing_address
 from securemark_mpc.run_folder import RunFolder
@@ -121,3 +122,17 @@ def test_a_handing_data_owner_with_other_settings_stops_every_party(tmp_path):
         if outcome.rank in (0, 1, 2, 3):
             assert outcome.returncode == 3, outcome.log_tail()
             assert "party 3 (data owner 3) differs in settings" in outcome.log.read_text()
+
+
+@pytest.mark.mpc
+def test_a_handing_data_owner_without_the_run_secret_is_refused_before_any_share(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    impostor_secret = write_secret(tmp_path / "impostor.secret")
+    result = launch(run, FAILING, party_args={3: ["--secret-file", str(impostor_secret)]})
+    assert not result.ok and not result.timed_out, result.report()
+    for outcome in result.outcomes:
+        assert outcome.returncode not in (0, None), f"{outcome.describe()}: should stop by itself"
+        if outcome.rank in (0, 1, 2):
+            assert outcome.returncode == 5, outcome.log_tail()
+            assert "party 3 (data owner 3) failed authentication" in outcome.log.read_text()
+    assert not run.model_path.exists() and not run.checkpoint(0).exists()
