@@ -113,9 +113,13 @@ def own_data_arguments(folders) -> dict[int, list[str]]:
 
 
 @pytest.mark.mpc
-def test_each_party_trains_on_its_own_folder_and_opens_no_other(tmp_path):
+@pytest.mark.parametrize("topology", ["all", "two"])
+def test_each_party_trains_on_its_own_folder_and_opens_no_other(tmp_path, topology):
+    """Also when data owner 2 only hands its folder's images over (--topology two)."""
     folders = write_party_folders(tmp_path / "data", SMALL, owners=2)
-    config = replace(SMALL, data=DataConfig(dataset="imagefolder"))  # nothing to open centrally
+    config = replace(  # nothing to open centrally
+        SMALL, data=DataConfig(dataset="imagefolder"), topology=topology
+    )
     run = RunFolder(tmp_path / "run")
     opens = tmp_path / "opens"
     result = launch(
