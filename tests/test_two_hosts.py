@@ -84,17 +84,20 @@ def on_hosts(two_hosts, world_size: int, inner=None):
     return wrap
 
 
-def test_parties_on_two_hosts_train_together(tmp_path, two_hosts):
+@pytest.mark.parametrize("topology", ["all", "two"])
+def test_parties_on_two_hosts_train_together(tmp_path, two_hosts, topology):
+    """With --topology two, data owner 2 hands its shard over from host B to both hosts."""
+    config = replace(SMALL, topology=topology)
     run = RunFolder(tmp_path / "run")
     result = launch(
         run,
-        SMALL,
+        config,
         rendezvous=f"tcp://{OWNER_ADDRESS}:{free_port()}",
-        wrap_command=on_hosts(two_hosts, SMALL.data_owners + 1),
+        wrap_command=on_hosts(two_hosts, config.data_owners + 1),
     )
     assert_ok(result)
     assert "not loopback" in result.outcomes[1].log.read_text()  # the unencrypted-transport warning
-    assert_matches_plaintext(run.model_path, SMALL)
+    assert_matches_plaintext(run.model_path, config)
 
 
 @pytest.mark.timeout(2 * LIMIT_SECONDS + 300)
