@@ -56,8 +56,9 @@ def conv2d_weight_int64(x, grad_output, *, kernel_size, stride=1, padding=0):
     return taps
 
 
-# (op, x shape, y shape, kwargs): every plan and the matmul pieces are exercised
-# (fan-ins 8, 72, 1,500 (two pieces of the wide plan), 2,048 (the narrow plan)).
+# (op, x shape, y shape, kwargs): every plan, the matmul pieces and both ways of a
+# convolution are exercised (fan-ins 8, 72, 1,500 (two pieces of the wide plan), 2,048
+# (the narrow plan)).
 RING_CASES = [
     ("matmul", (5, 8), (8, 3), {}),
     ("matmul", (4, 1500), (1500, 6), {}),
@@ -68,6 +69,11 @@ RING_CASES = [
     ("conv_transpose2d", (2, 6, 5, 5), (6, 3, 3, 3), {"padding": 1}),
     ("conv_transpose2d", (2, 6, 4, 5), (6, 3, 3, 2), {"stride": 2, "output_padding": 1}),
     ("conv2d", (2, 3, 9, 7), (4, 3, 3, 2), {"stride": (2, 1), "dilation": 2}),
+    # kernels of PATCHES_MIN_WEIGHTS or more run as one product over the input patches
+    ("conv2d", (2, 8, 6, 5), (32, 8, 3, 3), {"padding": 1}),
+    ("conv2d", (2, 8, 9, 9), (32, 8, 3, 3), {"stride": 2, "padding": (0, 1)}),
+    ("conv_transpose2d", (2, 32, 5, 6), (32, 8, 3, 3), {"padding": 1}),
+    ("conv_transpose2d", (2, 32, 4, 4), (32, 8, 3, 3), {"stride": 2, "padding": 1}),
     ("mul", (3, 7), (1, 7), {}),
 ]
 

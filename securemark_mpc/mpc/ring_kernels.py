@@ -167,8 +167,33 @@ def _convolution(
     return limb_product(lambda a, b: torch_op(a, b, **kwargs), x, weight, plan)
 
 
+# A kernel with this many weights or more runs faster as one matrix product over the
+# input patches than as six float64 convolutions. Measured at batch 256, 1 thread, as
+# limb products: the MNIST preset's second conv (32 x 8 x 3 x 3) 4.4 ms against 15 ms
+# (digits': 1.4 against 7.4 ms), its input gradient (a transposed conv with the same
+# kernel) 16 against 19 ms; the first conv (8 x 1 x 8 x 8, stride 4) 2.3 against 1.6 ms.
+PATCHES_MIN_WEIGHTS = 2048
+
+
+def _by_patches(weight: torch.Tensor, kwargs: dict[str, Any]) -> bool:
+    plain = _pair(kwargs.get("dilation", 1)) == (1, 1) and kwargs.get("groups", 1) == 1
+    return plain and weight.numel() >= PATCHES_MIN_WEIGHTS
+
+
+def _conv2d_by_patches(
+    x: torch.Tensor, weight: torch.Tensor, *, stride: Any = 1, padding: Any = 0, **_: Any
+) -> torch.Tensor:
+    """conv2d as one exact matrix product of the input patches with the flattened kernel."""
+    size = output_size("conv2d", x.size(), weight.size(), stride=stride, padding=padding)
+    patches = _columns(x, tuple(weight.shape[2:]), stride, padding, 1)
+    product = matmul(patches, weight.reshape(weight.size(0), -1).T)
+    return product.view(size[0], size[2], size[3], size[1]).permute(0, 3, 1, 2).contiguous()
+
+
 def conv2d(x: torch.Tensor, weight: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """torch.conv2d on int64 tensors, exact mod 2^64."""
+    if _by_patches(weight, kwargs):
+        return _conv2d_by_patches(x, weight, **kwargs)
     fan_in = weight.size(1) * weight.size(2) * weight.size(3)
     return _convolution("conv2d", fan_in, x, weight, **kwargs)
 
@@ -176,8 +201,21 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, **kwargs: Any) -> torch.Tensor
 def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """torch.conv_transpose2d on int64 tensors, exact mod 2^64.
 
-    Each output sums over every input channel and every kernel tap (an upper bound on
-    the fan-in whatever the stride)."""
+    With stride 1 it is the convolution with the kernel flipped and its channels
+    swapped, padded by k - 1 - p (and then may run by patches). Otherwise each output
+    sums over every input channel and every kernel tap (an upper bound on the fan-in
+    whatever the stride)."""
+    kernel = tuple(weight.shape[2:])
+    padding = _pair(kwargs.get("padding", 0))
+    if (
+        _by_patches(weight, kwargs)
+        and _pair(kwargs.get("stride", 1)) == (1, 1)
+        and _pair(kwargs.get("output_padding", 0)) == (0, 0)
+        and all(p <= k - 1 for p, k in zip(padding, kernel, strict=True))
+    ):
+        flipped = weight.flip(2, 3).transpose(0, 1).contiguous()
+        around = tuple(k - 1 - p for p, k in zip(padding, kernel, strict=True))
+        return _conv2d_by_patches(x, flipped, padding=around)
     fan_in = weight.size(0) * weight.size(2) * weight.size(3)
     return _convolution("conv_transpose2d", fan_in, x, weight, **kwargs)
 
