@@ -94,6 +94,13 @@ def _conv(crypten: Any, batch: int) -> tuple[Callable[[], Any], int]:
     return (lambda: x.conv2d(w, padding=2)), batch * 8 * 28 * 28 * 25
 
 
+def _conv_by_patches(crypten: Any, batch: int) -> tuple[Callable[[], Any], int]:
+    # the MNIST preset's second convolution: 32 filters of 3x3 over 8 channels of 7x7,
+    # a kernel large enough to run by patches (ring_kernels.PATCHES_MIN_WEIGHTS)
+    x, w = _shared(crypten, batch, 8, 7, 7), _shared(crypten, 32, 8, 3, 3)
+    return (lambda: x.conv2d(w, padding=1)), batch * 32 * 7 * 7 * 8 * 9
+
+
 def _matmul(crypten: Any, batch: int) -> tuple[Callable[[], Any], int]:
     x, w = _shared(crypten, batch, 512), _shared(crypten, 512, 128)
     return (lambda: x.matmul(w)), batch * 512 * 128
@@ -163,6 +170,7 @@ def primitives() -> dict[str, Primitive]:
     table = {
         "beaver_mul": Primitive("element", _beaver_mul),
         "conv2d": Primitive("MAC", _conv),
+        "conv2d_patches": Primitive("MAC", _conv_by_patches),
         "matmul": Primitive("MAC", _matmul),
         "open": Primitive("element", _open),
         "truncation": Primitive("element", _truncation),

@@ -13,6 +13,7 @@ from typing import Any
 
 from securemark_mpc.models import ModelSpec, build_model, private_part
 from securemark_mpc.models.layers import NONLINEAR_KINDS, build_layer
+from securemark_mpc.mpc.ring_kernels import PATCHES_MIN_WEIGHTS
 
 Call = tuple[str, str, float]  # (phase, primitive, units per call)
 
@@ -81,7 +82,9 @@ def batch_counts(spec: ModelSpec, batch_size: int) -> list[Call]:
                 blurred = conv.weight.numel() // conv.kernel_size[0] ** 2 * kernel**2
                 calls += [("forward", "truncation", blurred), ("backward", "truncation", blurred)]
             macs = batch_size * _numel(out_shape) * shape[0] * kernel * kernel
-            calls += _linear_calls("conv2d", macs, first)
+            weights = conv.out_channels * shape[0] * kernel * kernel
+            large = weights >= PATCHES_MIN_WEIGHTS  # then ring_kernels runs it by patches
+            calls += _linear_calls("conv2d_patches" if large else "conv2d", macs, first)
             parameters += conv.weight.numel() + conv.bias.numel()
             shape = out_shape
         elif kind == "linear":
