@@ -10,6 +10,7 @@ that a broken connection is raised, and the caller exits non-zero naming the cau
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from securemark_mpc.mpc.prefetch import BULK, serve_bulk
@@ -17,6 +18,13 @@ from securemark_mpc.mpc.ring_kernels import ring_op
 from securemark_mpc.mpc.session import PartyFailure, PeerLost
 
 TRIPLE_KINDS = frozenset({"additive", "square", "binary", "wraps", "B2A"})
+# The dealer works out the next batch's material while the computing parties compute.
+# On a host it shares with them (every local run), a lower CPU priority lets a party
+# that is ready run first, and the dealer fills the gaps. Measured on MNIST-t10k with
+# 2 cores, two before/after pairs each: two-party epoch (batch 256) 16.0-16.4 s ->
+# 14.4-15.0 s, the default's 76.9-78.2 s -> 72.2-74.9 s. Milder than 10 (about the same
+# gain), so that a busy host cannot starve the dealer for a whole timeout.
+DEALER_NICENESS = 5
 
 
 def _check_kinds(kinds: list[str]) -> None:
@@ -28,6 +36,8 @@ def _check_kinds(kinds: list[str]) -> None:
 def serve_triples(crypten: Any) -> None:
     """Answer the model owner's triple requests until it says 'terminate'."""
     from crypten.mpc.provider.ttp_provider import TTPServer
+
+    os.nice(DEALER_NICENESS)
 
     class Dealer(TTPServer):
         def __init__(self) -> None:  # replaces TTPServer's loop; see module docstring
