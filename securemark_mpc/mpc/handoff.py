@@ -39,9 +39,13 @@ MASK_HOLDER, REMAINDER_HOLDER = 0, 1  # the model owner gets r, data owner 1 get
 class HandedShards:
     """At a computing party: its ring shares of every handing data owner's shard, in rank order."""
 
-    sizes: list[int] = field(default_factory=list)
     images: list[torch.Tensor] = field(default_factory=list)  # int64, (rows, *image shape)
     labels: list[torch.Tensor] = field(default_factory=list)  # int64, (rows,)
+
+    @property
+    def rows(self) -> int:
+        """Training rows handed over, all data owners together."""
+        return sum(len(shard) for shard in self.images)
 
 
 def uniform_ring_mask(shape: tuple[int, ...]) -> torch.Tensor:
@@ -129,6 +133,5 @@ def _transfer(
         labels = torch.empty((size,), dtype=torch.long)
         dist.recv(images, src=owner)
         dist.recv(labels, src=owner)
-        into.sizes.append(size)
         into.images.append(images)
         into.labels.append(labels)

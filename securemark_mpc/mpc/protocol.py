@@ -280,7 +280,7 @@ class SplitTrainer:
             crypten, rank=self.rank, private=private, optimizer=private_optimizer
         )
 
-        total = sum(shard_sizes) + sum(self.handed.sizes)
+        total = sum(shard_sizes) + self.handed.rows
         for epoch in range(first_epoch, config.epochs):
             began = time.perf_counter()
             loss, accuracy = self._epoch(epoch, images, total, private, private_optimizer, owner)
