@@ -122,10 +122,13 @@ def mpc_small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunFolder, 
 # (the resume and two-party tests) measured up to 2.1e-3, or 14% of what those steps
 # moved the tensor. With cutnorm's inverse square root (1e-4 to 1e-3 relative under
 # MPC) the head's output weights ended up to 7.9e-3 apart in the two-party test, where
-# they move by 0.088 (9%). A lost momentum buffer or share would be of the size of
-# the update, which the relative bound catches.
+# they move by 0.088 (9%). In the two-party test with weight decay every tensor ends
+# 80-300 units of 2^-16 from the twin, the same in every run, so the tensors that move
+# least come closest to the bound: 10.bias at 0.23 of its update in 12 of 12 runs,
+# 8.bias at 0.18 and once, in about 40 runs, at 0.26. A lost momentum buffer or share
+# would be of the size of the update, which the relative bound catches.
 ABSOLUTE_TOLERANCE = 1e-2
-RELATIVE_TO_UPDATE = 0.25
+RELATIVE_TO_UPDATE = 0.35
 
 
 def assert_matches_plaintext(model_path: Path, config: TrainConfig) -> None:
