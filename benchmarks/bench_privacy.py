@@ -37,6 +37,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from securemark_mpc.audit.sweep import (
     run_sweep,
 )
 from securemark_mpc.config import TrainConfig
-from securemark_mpc.data import DataConfig
+from securemark_mpc.data import DataConfig, load_splits
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MNIST_T10K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-t10k"
@@ -335,10 +336,12 @@ def main() -> int:
                 print(f"skipping mnist: {MNIST_T10K} not found")
                 continue
             seeds = args.digits_seeds if dataset == "digits" else args.mnist_seeds
+            data = DATASETS[dataset]  # at the preset's batch size, as `securemark train`
+            base = TrainConfig(data=data).with_preset_optimisation(load_splits(data).image_shape)
             runs = [
                 run_sweep(
                     config=SweepConfig(
-                        train=TrainConfig(data=DATASETS[dataset], seed=seed),
+                        train=replace(base, seed=seed),
                         settings=settings,
                         audit=AuditConfig(images=args.images),
                     ),

@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/bench_training.py --full     # also MNIST-t10k (../shared/data/mnist-t10k)
 
 The same model, initialisation, batches and optimiser run several ways in one go, all
-with the default settings (TrainConfig) except the data and the epochs:
+with the default settings except the data and the epochs (those of `securemark train`:
+TrainConfig's, and the MNIST preset's batch 256 and lr 0.4 for MNIST-t10k):
 
 - `plaintext`: the plaintext twin in PyTorch, over `--seeds` seeds;
 - `split_mpc`: the default partition under MPC, over `--mpc-seeds` seeds;
@@ -13,8 +14,7 @@ with the default settings (TrainConfig) except the data and the epochs:
   sample. When the default is already that deep it is the same run (`same_as`);
   otherwise all but the last layer are private;
 - `split_mpc_two`: the default partition with two computing parties (`--topology
-  two`: the second data owner hands its shard over as shares), at the batch size and
-  learning rate of TWO_PARTY_SETTINGS; compared with a plaintext twin at that batch size;
+  two`: the second data owner hands its shard over as shares);
 - `full_mpc`: every layer and the loss under MPC, with the same primitives.
 
 Per engine: per-epoch wall time (median, min, max over the epochs of the first
@@ -46,7 +46,7 @@ import torch
 
 from securemark_mpc.config import TrainConfig
 from securemark_mpc.data import DataConfig, load_splits
-from securemark_mpc.models import ModelSpec
+from securemark_mpc.models import PRESETS, ModelSpec
 from securemark_mpc.mpc.launcher import launch_local
 from securemark_mpc.plaintext import train_plaintext
 from securemark_mpc.run_folder import RunFolder
@@ -54,22 +54,14 @@ from securemark_mpc.run_folder import RunFolder
 RESULTS = Path(__file__).resolve().parent / "results"
 MNIST_T10K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-t10k"
 
+# The settings `securemark train` picks: the preset's batch size and learning rate.
 DATASETS: dict[str, TrainConfig] = {
-    "digits": TrainConfig(),
+    "digits": TrainConfig().with_preset_optimisation(PRESETS["digits-cnn"].input_shape),
     "mnist-t10k": TrainConfig(
         data=DataConfig(
             dataset="idx", data_root=str(MNIST_T10K), file_order=True, aux_fraction=0.0
         ),
-    ),
-}
-# Batch size and learning rate of the two-party engine. Larger batches mean fewer
-# rounds per image; in the plaintext twin (20 epochs, seeds 0-2) MNIST-t10k at batch
-# 256, lr 0.4 gave 0.9730 / 0.9785 / 0.9830 (batch 64, lr 0.1: 0.9815 / 0.9765 /
-# 0.9775), while digits (1,258 images: 5 steps an epoch) fell to 0.10-0.20 at batch
-# 256 and 0.9721-0.9777 at batch 128, so digits keeps batch 64.
-TWO_PARTY_SETTINGS: dict[str, dict[str, Any]] = {
-    "digits": {"batch_size": 64, "learning_rate": 0.1},
-    "mnist-t10k": {"batch_size": 256, "learning_rate": 0.4},
+    ).with_preset_optimisation(PRESETS["mnist-cnn"].input_shape),
 }
 DEEP_ELEMENTS = 2000  # private nonlinear elements per sample of the deep partition (issue 9)
 
@@ -218,25 +210,9 @@ def bench_dataset(
                 replace(plain_config, split=deep), split["train_size"], seeds
             )
             split_deep["plaintext_twin_test_accuracy"] = deep_plain["test_accuracy"]
-        two_settings = {"topology": "two", **TWO_PARTY_SETTINGS[name]}
-        print(f"== {name}: split MPC, two computing parties {two_settings}", file=sys.stderr)
-        two = run_mpc_seeds(replace(config, **two_settings), Path(tmp) / "two", mpc_seeds)
-        two_plain = plaintext
-        if (two["batch_size"], two_settings["learning_rate"]) != (
-            config.batch_size,
-            config.learning_rate,
-        ):
-            print(f"== {name}: plaintext at the two-party batch size", file=sys.stderr)
-            two_plain = run_plaintext(
-                replace(plain_config, **two_settings), split["train_size"], seeds
-            )
-        two.update(
-            topology="two",
-            learning_rate=two_settings["learning_rate"],
-            plaintext_twin_epoch_seconds_median=two_plain["epoch_seconds_median"],
-            plaintext_twin_test_accuracy=two_plain["test_accuracy"],
-            plaintext_twin_test_accuracy_seeds=two_plain["test_accuracy_seeds"],
-        )
+        print(f"== {name}: split MPC, two computing parties", file=sys.stderr)
+        two = run_mpc_seeds(replace(config, topology="two"), Path(tmp) / "two", mpc_seeds)
+        two["topology"] = "two"
         print(f"== {name}: full MPC ({full_mpc_batches} batches)", file=sys.stderr)
         full = run_mpc(
             replace(config, engine="full", epochs=1, max_batches_per_epoch=full_mpc_batches),
@@ -254,8 +230,7 @@ def bench_dataset(
     entry["ratios"] = {
         "split_over_plaintext": split["epoch_seconds_median"] / plain_seconds,
         "deep_over_plaintext": split_deep["epoch_seconds_median"] / plain_seconds,
-        "two_over_plaintext_same_batch": two["epoch_seconds_median"]
-        / two["plaintext_twin_epoch_seconds_median"],
+        "two_over_plaintext": two["epoch_seconds_median"] / plain_seconds,
         "two_over_split": two["epoch_seconds_median"] / split["epoch_seconds_median"],
         "full_over_plaintext": full["epoch_seconds_median"] / plain_seconds,
         "full_over_split": full["epoch_seconds_median"] / split["epoch_seconds_median"],
@@ -313,7 +288,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {dataset} | **ratios** | | split/plaintext {ratios['split_over_plaintext']:.1f}×, "
             f"deep/plaintext {ratios['deep_over_plaintext']:.1f}×, "
-            f"two-party/plaintext (same batch) {ratios['two_over_plaintext_same_batch']:.1f}×, "
+            f"two-party/plaintext {ratios['two_over_plaintext']:.1f}×, "
             f"two-party/split {ratios['two_over_split']:.2f}×, "
             f"full/plaintext {ratios['full_over_plaintext']:.1f}×, "
             f"full/split {ratios['full_over_split']:.1f}× | gap {ratios['accuracy_gap_pp']:+.2f} pp | | | |"

@@ -24,7 +24,7 @@ BASELINE = Path(__file__).resolve().parent / "results" / "baseline.json"
 CHECKS = {
     "split_over_plaintext": ("higher", 0.5),  # may grow by 50% before it counts as a regression
     "deep_over_plaintext": ("higher", 0.5),
-    "two_over_plaintext_same_batch": ("higher", 0.5),
+    "two_over_plaintext": ("higher", 0.5),
     "full_over_split": ("lower", 0.5),
     "accuracy_gap_pp": ("higher_absolute", 1.0),  # may widen by 1 percentage point
 }

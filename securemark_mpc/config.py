@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from securemark_mpc.data import DataConfig, DatasetSplits
-from securemark_mpc.models import ModelSpec, make_spec
+from securemark_mpc.models import (
+    PRESETS,
+    ModelSpec,
+    make_spec,
+    preset_for_shape,
+    recommended_optimisation,
+)
 
 PROVIDERS = ("ttp", "tfp")
 ENGINES = ("split", "full")
@@ -64,7 +70,9 @@ class TrainConfig:
     reveal_noise_sigma: float = 0.5  # noise added under MPC to the normalised cut (README: Privacy)
     seeded_private_init: bool = False  # tests only: the owner draws the private init from `seed`
     epochs: int = 20  # with batch 64: digits seeds 0-4 all >= 0.977 in plaintext (15: one 0.969)
-    batch_size: int = 64  # half the MPC rounds per epoch of batch 32
+    # `securemark train` takes the model preset's batch and learning rate (MNIST: 256,
+    # 0.4); batch 64 at 0.1 trains every preset.
+    batch_size: int = 64
     learning_rate: float = 0.1
     lr_schedule: str = "warmup-cosine"  # the quad activations need the warm-up (see SCHEDULES)
     momentum: float = 0.9
@@ -139,6 +147,36 @@ class TrainConfig:
             )
         except ValueError as error:
             raise ConfigError(str(error)) from None
+
+    def with_preset_optimisation(
+        self,
+        image_shape: tuple[int, int, int] | None,
+        *,
+        batch_size: int | None = None,
+        learning_rate: float | None = None,
+    ) -> TrainConfig:
+        """This config at the model preset's batch size and learning rate, unless given.
+
+        The preset is ``model``'s, or the one for ``image_shape``; a given batch size
+        scales the preset's learning rate linearly. With neither known (a multi-host
+        config written without data) TrainConfig's own batch 64, lr 0.1 stay, which
+        every preset trains with; an unknown preset or shape is left for model_spec
+        to name.
+        """
+        preset = self.model
+        if preset is None and image_shape is not None:
+            try:
+                preset = preset_for_shape(image_shape)
+            except ValueError:
+                preset = None
+        if preset in PRESETS:
+            batch, lr = recommended_optimisation(preset, batch_size)
+        else:
+            batch = self.batch_size if batch_size is None else batch_size
+            lr = self.learning_rate * batch / self.batch_size
+        return dataclasses.replace(
+            self, batch_size=batch, learning_rate=lr if learning_rate is None else learning_rate
+        )
 
     def learning_rate_at(self, epoch: int) -> float:
         """The learning rate of `epoch` (0-based), the same for MPC and plaintext."""

@@ -20,7 +20,7 @@ from securemark_mpc.audit.report import AuditConfig, audit_run
 from securemark_mpc.audit.sweep import SweepConfig, run_sweep
 from securemark_mpc.commands import Command
 from securemark_mpc.config import TrainConfig
-from securemark_mpc.data import DATASETS, DataConfig
+from securemark_mpc.data import DATASETS, DataConfig, load_splits
 from securemark_mpc.run_folder import RunFolder
 
 
@@ -93,7 +93,8 @@ def run_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_images=args.max_images,
     )
-    base = TrainConfig(data=data, epochs=args.epochs, seed=args.seed).validate()
+    base = TrainConfig(data=data, epochs=args.epochs, seed=args.seed)
+    base = base.with_preset_optimisation(load_splits(data).image_shape).validate()
     report = run_sweep(config=SweepConfig(train=base, audit=audit), out=args.out)
     print(_summary(report["settings"]))
     print(f"reports: {args.out / 'reports'}", file=sys.stderr)

@@ -62,8 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=defaults.epochs)
-    optim.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    optim.add_argument("--lr", type=float, default=defaults.learning_rate)
+    optim.add_argument(
+        "--batch-size",
+        type=int,
+        help="default: the model preset's (64 for digits, 256 for MNIST-sized images)",
+    )
+    optim.add_argument(
+        "--lr", type=float, help="default: the preset's, scaled linearly with --batch-size"
+    )
     optim.add_argument(
         "--lr-schedule", default=defaults.lr_schedule, help=f"one of {sorted(SCHEDULES)}"
     )
@@ -108,6 +114,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def data_at_hand(args: argparse.Namespace, data: DataConfig) -> bool:
+    """False for a multi-host config that leaves the data to each party."""
+    return not (args.config_only and data.data_root is None and data.dataset != "digits")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     data = DataConfig(
         dataset=args.dataset,
@@ -118,7 +129,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         max_images=args.max_images,
         file_order=args.file_order,
     )
-    return TrainConfig(
+    config = TrainConfig(
         data=data,
         data_owners=args.data_owners,
         topology=args.topology,
@@ -129,8 +140,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         private_pool=args.private_pool,
         reveal_noise_sigma=args.noise_sigma,
         epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
         lr_schedule=args.lr_schedule,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
@@ -139,7 +148,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         provider=args.provider,
         insecure=args.insecure,
         eval_each_epoch=not args.no_eval,
+    )
+    # The preset sets the batch size and learning rate not given (README: "The default
+    # model and training settings"); it is known by --model or by the data's shape.
+    shape = load_splits(data).image_shape if data_at_hand(args, data) else None
+    config = config.with_preset_optimisation(
+        shape, batch_size=args.batch_size, learning_rate=args.lr
     ).validate()
+    if shape is None and config.model is None and None in (args.batch_size, args.lr):
+        print(
+            f"securemark train: no data here to pick the model preset by: batch "
+            f"{config.batch_size}, lr {config.learning_rate:g} (--model PRESET picks its own)",
+            file=sys.stderr,
+        )
+    return config
 
 
 def check_runnable(config: TrainConfig) -> None:
@@ -183,8 +205,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.out is None:
         raise ConfigError("--out RUN is required (or --resume RUN)")
     config = config_from_args(args)
-    if not (args.config_only and config.data.data_root is None and config.data.dataset != "digits"):
-        check_runnable(config)  # a multi-host config may leave the data to each party
+    if data_at_hand(args, config.data):
+        check_runnable(config)
     run = RunFolder(args.out)
     if run.model_path.exists() or run.checkpoint(0).exists():
         raise ConfigError(

@@ -6,8 +6,10 @@ from securemark_mpc.models.presets import (
     ModelSpec,
     build_model,
     make_spec,
+    preset_for_shape,
     private_part,
     public_part,
+    recommended_optimisation,
 )
 
 __all__ = [
@@ -18,7 +20,9 @@ __all__ = [
     "build_model",
     "load_model",
     "make_spec",
+    "preset_for_shape",
     "private_part",
     "public_part",
+    "recommended_optimisation",
     "save_model",
 ]

@@ -200,6 +200,11 @@ class Preset:
     input_shape: tuple[int, int, int]
     layers: Callable[[int], list[LayerSpec]]
     default_split: int  # everything up to and including the normalised narrow cut
+    # The recommended batch and its learning rate. A larger batch means fewer MPC
+    # rounds per image, so it is as large as the data set allows (README: "The
+    # default model and training settings").
+    batch_size: int = 64
+    learning_rate: float = 0.1
 
 
 # Layer indices mean the same depth in the digits and MNIST presets: split 1 reveals
@@ -208,7 +213,14 @@ class Preset:
 # normalisation, 10 (default) the normalised cut.
 PRESETS: dict[str, Preset] = {
     "digits-cnn": Preset((1, 8, 8), _digits_layers, default_split=10),
-    "mnist-cnn": Preset((1, 28, 28), _mnist_layers, default_split=10),
+    # MNIST-t10k at batch 256, lr 0.4 (20 epochs, seeds 0-2): plaintext twin 0.9730 /
+    # 0.9785 / 0.9830, under MPC 0.9750 / 0.9760 / 0.9730 (two computing parties:
+    # 0.9795 / 0.9775 / 0.9775); at batch 64, lr 0.1: 0.9815 / 0.9765 / 0.9775 and
+    # 0.9745 / 0.9790 / 0.9750, in twice the MPC time. Digits (1,258 images, 5 steps an
+    # epoch at batch 256) fell to 0.10-0.20 there.
+    "mnist-cnn": Preset(
+        (1, 28, 28), _mnist_layers, default_split=10, batch_size=256, learning_rate=0.4
+    ),
     "cifar-cnn": Preset((3, 32, 32), _cifar_layers, default_split=14),
 }
 
@@ -221,6 +233,17 @@ def preset_for_shape(input_shape: tuple[int, int, int]) -> str:
     raise ValueError(
         f"no model preset for images of shape {tuple(input_shape)}; known: {sorted(PRESETS)}"
     )
+
+
+def recommended_optimisation(preset: str, batch_size: int | None = None) -> tuple[int, float]:
+    """The preset's batch size (unless one is given) and its learning rate for that batch.
+
+    The learning rate scales linearly with the batch (Goyal et al. 2017, "Accurate,
+    large minibatch SGD"): MNIST's 0.4 at batch 256 is the old 0.1 at batch 64.
+    """
+    chosen = PRESETS[preset]
+    batch = chosen.batch_size if batch_size is None else batch_size
+    return batch, chosen.learning_rate * batch / chosen.batch_size
 
 
 def make_spec(
