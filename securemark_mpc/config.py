@@ -148,6 +148,15 @@ class TrainConfig:
         except ValueError as error:
             raise ConfigError(str(error)) from None
 
+    def known_preset(self, image_shape: tuple[int, int, int] | None) -> str | None:
+        """The model preset: ``model``'s, or the one for ``image_shape``; None if unknown."""
+        if self.model is not None:
+            return self.model if self.model in PRESETS else None
+        try:
+            return None if image_shape is None else preset_for_shape(image_shape)
+        except ValueError:
+            return None
+
     def with_preset_optimisation(
         self,
         image_shape: tuple[int, int, int] | None,
@@ -163,13 +172,8 @@ class TrainConfig:
         every preset trains with; an unknown preset or shape is left for model_spec
         to name.
         """
-        preset = self.model
-        if preset is None and image_shape is not None:
-            try:
-                preset = preset_for_shape(image_shape)
-            except ValueError:
-                preset = None
-        if preset in PRESETS:
+        preset = self.known_preset(image_shape)
+        if preset is not None:
             batch, lr = recommended_optimisation(preset, batch_size)
         else:
             batch = self.batch_size if batch_size is None else batch_size

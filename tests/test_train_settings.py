@@ -29,8 +29,9 @@ def test_learning_rate_scales_linearly_with_the_batch():
         assert (batch, lr) == (2 * preset.batch_size, pytest.approx(2 * preset.learning_rate))
 
 
-def test_digits_keeps_batch_64(tmp_path):
+def test_digits_keeps_batch_64_and_says_whose_it_is(tmp_path, capsys):
     assert configured(tmp_path, "--dataset", "digits") == (64, pytest.approx(0.1))
+    assert "batch 64, lr 0.1 (the digits-cnn preset's" in capsys.readouterr().err
 
 
 def test_mnist_sized_images_get_the_mnist_presets_batch(tmp_path):

@@ -155,10 +155,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = config.with_preset_optimisation(
         shape, batch_size=args.batch_size, learning_rate=args.lr
     ).validate()
-    if shape is None and config.model is None and None in (args.batch_size, args.lr):
+    preset = config.known_preset(shape)
+    if None in (args.batch_size, args.lr) and (preset is not None or shape is None):
+        why = (
+            f"the {preset} preset's; --batch-size and --lr change them"
+            if preset is not None
+            else "no data here to pick the model preset by; --model PRESET picks its own"
+        )
         print(
-            f"securemark train: no data here to pick the model preset by: batch "
-            f"{config.batch_size}, lr {config.learning_rate:g} (--model PRESET picks its own)",
+            f"securemark train: batch {config.batch_size}, lr {config.learning_rate:g} ({why})",
             file=sys.stderr,
         )
     return config
