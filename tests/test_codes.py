@@ -107,18 +107,21 @@ def test_exact_copy_is_ours_and_accuses_exactly_its_customer(seed, n):
     assert report.accused[0].p_value <= 1e-3
 
 
-@quick
-@given(seed=seeds)
-def test_fair_coin_suspect_is_not_ours_and_accuses_nobody(seed):
-    rng = np.random.default_rng(seed)
-    biases, codewords = make_code(rng, n=200)
-    suspect = rng.integers(0, 2, 304).astype(np.uint8)
-    report = trace(
-        names=names_for(200), codewords=codewords, suspect_bits=suspect, biases=biases, epsilon=1e-3
-    )
-    assert not report.ours and report.ours_p_value > 1e-3
-    assert report.accused == []
-    assert len(report.scores) == 200
+def test_fair_coin_suspect_is_rarely_ours_and_accuses_nobody():
+    """An independent model's bits count as ours with probability at most ε, so a check
+    per random draw fails now and then by design (it did, once in a CI run: 193 of 304
+    bits, p = 3e-4). Counted over seeded draws instead: with ε = 0.05 a broken bound
+    would show, and at the default ε = 1e-3 nobody is accused."""
+    rng = np.random.default_rng(11)
+    trials, loose, ours = 300, 0.05, 0
+    for _ in range(trials):
+        biases, codewords = make_code(rng, n=200)
+        suspect = rng.integers(0, 2, 304).astype(np.uint8)
+        kwargs = dict(names=names_for(200), codewords=codewords, suspect_bits=suspect)
+        ours += trace(**kwargs, biases=biases, epsilon=loose).ours
+        report = trace(**kwargs, biases=biases, epsilon=1e-3)
+        assert report.accused == [] and len(report.scores) == 200
+    assert ours / trials <= loose
 
 
 def test_two_colluders_are_traced_and_innocents_spared():
