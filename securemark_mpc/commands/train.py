@@ -8,7 +8,14 @@ from pathlib import Path
 
 from securemark_mpc.commands import Command
 from securemark_mpc.config import SCHEDULES, TOPOLOGIES, ConfigError, TrainConfig
-from securemark_mpc.data import DATASETS, PARTITIONERS, DataConfig, load_splits, partition_shards
+from securemark_mpc.data import (
+    DATASETS,
+    PARTITIONERS,
+    DataConfig,
+    DatasetSplits,
+    load_splits,
+    partition_shards,
+)
 from securemark_mpc.models import PRESETS
 from securemark_mpc.mpc.auth import ensure_secret
 from securemark_mpc.mpc.launcher import launch_local
@@ -119,8 +126,8 @@ def data_at_hand(args: argparse.Namespace, data: DataConfig) -> bool:
     return not (args.config_only and data.data_root is None and data.dataset != "digits")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    data = DataConfig(
+def data_from_args(args: argparse.Namespace) -> DataConfig:
+    return DataConfig(
         dataset=args.dataset,
         data_root=str(Path(args.data_root).resolve()) if args.data_root else None,
         test_fraction=args.test_fraction,
@@ -129,6 +136,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         max_images=args.max_images,
         file_order=args.file_order,
     )
+
+
+def config_from_args(
+    args: argparse.Namespace, data: DataConfig, splits: DatasetSplits | None
+) -> TrainConfig:
+    """The run's config; ``splits`` (None when the data is left to each party) tells
+    the model preset, whose batch size and learning rate fill in what is not given."""
     config = TrainConfig(
         data=data,
         data_owners=args.data_owners,
@@ -149,9 +163,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         insecure=args.insecure,
         eval_each_epoch=not args.no_eval,
     )
-    # The preset sets the batch size and learning rate not given (README: "The default
-    # model and training settings"); it is known by --model or by the data's shape.
-    shape = load_splits(data).image_shape if data_at_hand(args, data) else None
+    shape = None if splits is None else splits.image_shape
     config = config.with_preset_optimisation(
         shape, batch_size=args.batch_size, learning_rate=args.lr
     ).validate()
@@ -169,9 +181,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
-def check_runnable(config: TrainConfig) -> None:
+def check_runnable(config: TrainConfig, splits: DatasetSplits | None = None) -> None:
     """Fail fast, before any process starts: data, model and shard count must fit."""
-    splits = load_splits(config.data)
+    splits = load_splits(config.data) if splits is None else splits
     config.model_spec(splits)
     partition_shards(
         labels=splits.train.labels,
@@ -209,9 +221,11 @@ def run_command(args: argparse.Namespace) -> int:
         return train(run, config, resume=True)
     if args.out is None:
         raise ConfigError("--out RUN is required (or --resume RUN)")
-    config = config_from_args(args)
-    if data_at_hand(args, config.data):
-        check_runnable(config)
+    data = data_from_args(args)
+    splits = load_splits(data) if data_at_hand(args, data) else None  # read once
+    config = config_from_args(args, data, splits)
+    if splits is not None:
+        check_runnable(config, splits)
     run = RunFolder(args.out)
     if run.model_path.exists() or run.checkpoint(0).exists():
         raise ConfigError(
