@@ -16,6 +16,8 @@ Why each patch exists (see DESIGN.md, "Known CrypTen 0.4.1 pitfalls"):
   where they pay off), a convolution's kernel gradient is one matrix product, and a
   layer's input and weight gradients are opened and truncated together
   (`securemark_mpc.mpc.fast_beaver`).
+* With three or more computing parties, CrypTen's dealer truncation runs the same
+  protocol in fewer tensor passes (`securemark_mpc.mpc.fast_truncation`).
 * Every attribute lookup on a CrypTensor asked CrypTen's (omegaconf) config whether
   its debug validation mode is on, a few µs each and thousands of times per batch;
   with validation off (CrypTen's default, never changed here) the lookup is used
@@ -32,7 +34,7 @@ import sys
 import types
 from typing import Any
 
-from securemark_mpc.mpc import fast_beaver
+from securemark_mpc.mpc import fast_beaver, fast_truncation
 from securemark_mpc.mpc.fused_cutnorm import register as register_fused_cutnorm
 from securemark_mpc.mpc.fused_quadratic import register as register_fused_quadratic
 
@@ -216,6 +218,7 @@ def load_crypten(*, timeout_seconds: float = COMM_TIMEOUT_SECONDS) -> Any:
         _conv2d_backward_only_what_is_needed()
         _lookup_without_validation_check()
         fast_beaver.register(crypten)
+        fast_truncation.register(crypten)
         register_fused_quadratic(crypten)
         register_fused_cutnorm(crypten)
         _crypten = crypten

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from securemark_mpc.mpc.fast_truncation import count_wraps
 from securemark_mpc.mpc.prefetch import BULK, serve_bulk
 from securemark_mpc.mpc.ring_kernels import ring_op
 from securemark_mpc.mpc.session import PartyFailure, PeerLost
@@ -35,6 +36,7 @@ def _check_kinds(kinds: list[str]) -> None:
 
 def serve_triples(crypten: Any) -> None:
     """Answer the model owner's triple requests until it says 'terminate'."""
+    from crypten.common.rng import generate_random_ring_element
     from crypten.mpc.provider.ttp_provider import TTPServer
 
     os.nice(DEALER_NICENESS)
@@ -53,6 +55,11 @@ def serve_triples(crypten: Any) -> None:
             b = self._get_additive_PRSS(size1)
             c = ring_op(op, a, b, *args, **kwargs)
             return c - self._get_additive_PRSS(c.size(), remove_rank=True)
+
+        def wraps(self, size: Any) -> Any:
+            """CrypTen's wrap randomness: [θ_r] for the parties' r_i, counted in fewer passes."""
+            r = [generate_random_ring_element(size, generator=g) for g in self.generators]
+            return count_wraps(r) - self._get_additive_PRSS(size, remove_rank=True)
 
         def serve(self) -> None:
             comm = crypten.communicator.get()
