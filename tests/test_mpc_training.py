@@ -9,7 +9,7 @@ import torch
 
 from securemark_mpc.data import load_splits
 from securemark_mpc.models import build_model, load_model
-from securemark_mpc.mpc.wrap_guard import INJECT_VARIABLE
+from securemark_mpc.mpc.wrap_guard import INJECT_VARIABLE, RANGE_BOUND, SKETCH_GROUP, group_sums
 from securemark_mpc.plaintext import training_order
 from securemark_mpc.run_folder import RunFolder
 from tests.conftest import SMALL, assert_matches_plaintext, assert_ok, launch
@@ -175,3 +175,34 @@ def test_failing_updates_go_back_further_then_stop():
     update(20, 9)
     with pytest.raises(PartyFailure, match="out of fixed-point range"):
         guard.undo("step 21")
+
+
+def test_range_check_group_sums_pass_healthy_values_and_catch_every_wrap():
+    """The range check compares keyed group sums: linear in the shares, never over the
+    bound while every value lies below 64, always over it with one wrapped value (2^24
+    or 2^32 in value units, either sign) or a garbage ring element in the group."""
+    scale = 2**16
+    bound = RANGE_BOUND * scale
+    generator = torch.Generator().manual_seed(0)
+    healthy = torch.randint(
+        -64 * scale + 1, 64 * scale, (SKETCH_GROUP * 50 + 7,), generator=generator
+    )
+
+    def sums(values: torch.Tensor, check: int = 0) -> torch.Tensor:
+        return group_sums(values, torch.Generator().manual_seed(check))
+
+    assert (sums(healthy).abs() < bound).all()
+    share = torch.randint(-(2**63), 2**63 - 1, healthy.shape, generator=generator)
+    assert torch.equal(sums(share) + sums(healthy - share), sums(healthy))  # per-party sums add up
+    for check, (position, shift) in enumerate(
+        [(0, 2**40), (SKETCH_GROUP * 50 + 6, -(2**40)), (777, 2**48), (1234, -(2**48))]
+    ):
+        wrapped = healthy.clone()
+        wrapped[position] += shift
+        outside = sums(wrapped, check).abs() >= bound
+        assert outside.sum() == 1 and outside[position // SKETCH_GROUP], (position, shift)
+    garbage = healthy.clone()
+    garbage[::SKETCH_GROUP] = torch.randint(
+        -(2**63), 2**63 - 1, (len(garbage[::SKETCH_GROUP]),), generator=generator
+    )
+    assert (sums(garbage).abs() >= bound).all()
