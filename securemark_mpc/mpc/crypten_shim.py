@@ -18,6 +18,8 @@ Why each patch exists (see DESIGN.md, "Known CrypTen 0.4.1 pitfalls"):
   (`securemark_mpc.mpc.fast_beaver`).
 * With three or more computing parties, CrypTen's dealer truncation runs the same
   protocol in fewer tensor passes (`securemark_mpc.mpc.fast_truncation`).
+* Small openings go to every party directly instead of through gloo's ring
+  all-reduce (`securemark_mpc.mpc.direct_exchange`).
 * Every attribute lookup on a CrypTensor asked CrypTen's (omegaconf) config whether
   its debug validation mode is on, a few µs each and thousands of times per batch;
   with validation off (CrypTen's default, never changed here) the lookup is used
@@ -34,7 +36,7 @@ import sys
 import types
 from typing import Any
 
-from securemark_mpc.mpc import fast_beaver, fast_truncation
+from securemark_mpc.mpc import direct_exchange, fast_beaver, fast_truncation
 from securemark_mpc.mpc.fused_cutnorm import register as register_fused_cutnorm
 from securemark_mpc.mpc.fused_quadratic import register as register_fused_quadratic
 
@@ -219,6 +221,7 @@ def load_crypten(*, timeout_seconds: float = COMM_TIMEOUT_SECONDS) -> Any:
         _lookup_without_validation_check()
         fast_beaver.register(crypten)
         fast_truncation.register(crypten)
+        direct_exchange.register(crypten)
         register_fused_quadratic(crypten)
         register_fused_cutnorm(crypten)
         _crypten = crypten
