@@ -178,7 +178,7 @@ def test_failing_updates_go_back_further_then_stop():
 
 
 def test_range_check_group_sums_pass_healthy_values_and_catch_every_wrap():
-    """The range check compares keyed group sums: linear in the shares, never over the
+    """The range check compares weighted group sums: linear in the shares, never over the
     bound while every value lies below 64, always over it with one wrapped value (2^24
     or 2^32 in value units, either sign) or a garbage ring element in the group."""
     scale = 2**16

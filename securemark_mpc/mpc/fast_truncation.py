@@ -9,7 +9,7 @@ shares six times and divides with ``div_``; in the default engine that was about
 third of the model owner's time under MPC (MNIST-t10k, batch 256).
 
 This module runs the same protocol: the same dealer material drawn in the same order,
-the same one gather to rank 0, the same values bit for bit (tests/test_primitives.py).
+the same one gather to rank 0, the same values bit for bit (tests/test_truncation.py).
 Only the local arithmetic is leaner: the wraps of a sum of two shares from the
 overflow bits, the division by a power of two by shifts, everything in place where
 it can be. Who learns what is unchanged: rank 0 receives the masked sums z_i, as in

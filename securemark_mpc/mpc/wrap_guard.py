@@ -15,13 +15,14 @@ garbage. The parties therefore keep their shares of the last good state and go b
   stops: the values themselves are out of range then, not hit by one wrap.
 * **Range check.** At the end of every epoch, before the checkpoint and the final
   reveal, the private weight and momentum values are checked under MPC, by groups of
-  SKETCH_GROUP: each group's sum with public keyed weights (odd integers up to
+  SKETCH_GROUP: each group's sum with public pseudo-random weights (odd integers up to
   ±SKETCH_WEIGHT, fresh per check) is compared with ±RANGE_BOUND. The sum is linear,
   so each party sums its own shares; only the comparisons are private, 64× fewer
   than one per value (MNIST-t10k's default: 415,000 values, the check took 4-5 s of
   a 48 s epoch with three computing parties). Healthy values stay below 10 (below
   3,400 even in a run gone out of range), and while all lie below 64 in size no group
-  sum can pass the bound (255·64·64 < 2^20); a wrapped value moves by 2^24 or more
+  sum can pass the bound (255·64·64 < 2^20; a group of values in the thousands can,
+  which a bound on each value did not); a wrapped value moves by 2^24 or more
   and always pushes its group past it, unless another wrap of the same size in the
   same group cancels it (odds 1/256 for that pair). Only the number of groups outside
   is opened, to the owner: 0 in healthy training. If it is not 0, the last update is
@@ -53,7 +54,8 @@ from securemark_mpc.mpc.session import PartyFailure
 # by the batch size) stayed below 3,400 even in a run gone out of range; a wrap moves
 # a value by at least 2^24.
 RANGE_BOUND = 2.0**20
-# The range check compares keyed sums of groups of values (module docstring).
+# The range check compares weighted sums of groups of values (module docstring); the
+# weights are public: wraps are chance events, not an adversary.
 SKETCH_GROUP = 64
 SKETCH_WEIGHT = 255  # odd weights in [-255, 255]: 255 * 64 * 64 < RANGE_BOUND
 SKETCH_SEED = 20_26_12
@@ -174,7 +176,7 @@ class WrapGuard:
 
     # -- at the end of an epoch ---------------------------------------------------------
     def _owner_sees_wraps(self) -> bool | None:
-        """Whether a keyed group sum of the private weight and momentum values lies
+        """Whether a weighted group sum of the private weight and momentum values lies
         beyond ±RANGE_BOUND: only their count is opened, to the owner (None elsewhere)."""
         weights, momentum = self._state()
         shares = [share.flatten() for share in (*weights.values(), *momentum.values())]
