@@ -73,10 +73,12 @@ def register(crypten: Any) -> None:
         size: Any, ring_size: int = 2**RING_BITS, generator: Any = None, **kwargs: Any
     ) -> torch.Tensor:
         device = kwargs.get("device")
-        on_cpu = device is None or torch.device(device).type == "cpu"
-        if generator is None or ring_size != 2**RING_BITS or not on_cpu:
-            return original(size, ring_size=ring_size, generator=generator, **kwargs)
-        if generator.device.type != "cpu":
+        seeded_on_cpu = (
+            generator is not None
+            and generator.device.type == "cpu"
+            and (device is None or torch.device(device).type == "cpu")
+        )
+        if not seeded_on_cpu or ring_size != 2**RING_BITS:
             return original(size, ring_size=ring_size, generator=generator, **kwargs)
         seed = generator.initial_seed()
         key = (id(generator), seed)  # a new generator at a reused address has a new seed
