@@ -50,7 +50,11 @@ from securemark_mpc.models.layers import (  # noqa: E402
     QUAD_COEFFICIENT,
     build_layer,
 )
-from securemark_mpc.mpc.launcher import launch_local, parse_party_arguments  # noqa: E402
+from securemark_mpc.mpc.launcher import (  # noqa: E402
+    launch_local,
+    script_parties,
+    start_script_party,
+)
 from securemark_mpc.mpc.prefetch import PrefetchingDealer  # noqa: E402
 from securemark_mpc.run_folder import RunFolder  # noqa: E402
 
@@ -235,15 +239,11 @@ def _time_primitive(
 
 def worker(argv: list[str]) -> None:
     """One party: start CrypTen like `securemark_mpc.mpc.party`, then time or deal."""
-    from securemark_mpc.mpc.dealer import serve_triples
-    from securemark_mpc.mpc.session import start_crypten
-
-    address, run_root = parse_party_arguments(argv)
+    started = start_script_party(argv)
+    if started is None:
+        return  # the dealer
+    crypten, address, run_root = started
     plan = json.loads((run_root / "plan.json").read_text())
-    crypten = start_crypten(address, provider="ttp", timeout_seconds=120)
-    if address.is_dealer:
-        serve_triples(crypten)
-        return
     table = primitives()
     results: dict[str, Any] = {}
     for mode in MODES:
@@ -291,16 +291,12 @@ def run_parties(
         }
         (run.root / "plan.json").write_text(json.dumps(plan))
 
-        def as_worker(rank: int, command: list[str]) -> list[str]:
-            # command = [python, -m, securemark_mpc.mpc.party, --rank, ...]: keep the party args
-            return [command[0], str(Path(__file__).resolve()), "--worker", *command[3:]]
-
         result = launch_local(
             run=run,
             data_owners=computing_parties - 1,
             echo_owner=False,
             time_limit=3600,
-            wrap_command=as_worker,
+            wrap_command=script_parties(Path(__file__).resolve(), "--worker"),
         )
         if not result.ok:
             raise SystemExit(f"primitive benchmark failed:\n{result.report()}")

@@ -98,17 +98,15 @@ def test_default_schedule_warms_up_then_decays():
 
 @pytest.mark.mpc
 def test_private_layers_under_mpc_match_plaintext(tmp_path):
-    from securemark_mpc.mpc.launcher import launch_local
+    from securemark_mpc.mpc.launcher import launch_local, script_parties
     from securemark_mpc.run_folder import RunFolder
 
-    run = RunFolder(tmp_path)
-
-    def as_worker(rank: int, command: list[str]) -> list[str]:
-        # command = [python, -m, securemark_mpc.mpc.party, --rank, ...]: keep the party args
-        return [command[0], str(Path(__file__).resolve()), *command[3:]]
-
     result = launch_local(
-        run=run, data_owners=2, echo_owner=False, time_limit=240, wrap_command=as_worker
+        run=RunFolder(tmp_path),
+        data_owners=2,
+        echo_owner=False,
+        time_limit=240,
+        wrap_command=script_parties(Path(__file__).resolve()),
     )
     assert result.ok, result.report()
     measured = json.loads((tmp_path / "layers.json").read_text())
@@ -127,16 +125,13 @@ def test_private_layers_under_mpc_match_plaintext(tmp_path):
 
 def _party(argv: list[str]) -> None:
     """One party of the MPC test: share x, run each layer forward and backward, reveal to rank 0."""
-    from securemark_mpc.mpc.dealer import serve_triples
-    from securemark_mpc.mpc.launcher import parse_party_arguments
+    from securemark_mpc.mpc.launcher import start_script_party
     from securemark_mpc.mpc.private_partition import encrypt_layers
-    from securemark_mpc.mpc.session import start_crypten
 
-    address, run_root = parse_party_arguments(argv)
-    crypten = start_crypten(address, provider="ttp", timeout_seconds=120)
-    if address.is_dealer:
-        serve_triples(crypten)
-        return
+    started = start_script_party(argv)
+    if started is None:
+        return  # the dealer
+    crypten, address, run_root = started
     payload = {}
     for layer_name, (make_layer, shape_input, _) in MPC_LAYERS.items():
         x, gradient = _inputs()

@@ -33,19 +33,15 @@ def _tensors(rank: int, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
 @pytest.mark.mpc
 @pytest.mark.parametrize("computing_parties", [2, 3])
 def test_direct_exchange_sums_what_the_ring_sums(tmp_path, computing_parties):
-    from securemark_mpc.mpc.launcher import launch_local
+    from securemark_mpc.mpc.launcher import launch_local, script_parties
     from securemark_mpc.run_folder import RunFolder
-
-    def as_worker(rank: int, command: list[str]) -> list[str]:
-        # command = [python, -m, securemark_mpc.mpc.party, --rank, ...]: keep the party args
-        return [command[0], str(Path(__file__).resolve()), *command[3:]]
 
     result = launch_local(
         run=RunFolder(tmp_path),
         data_owners=computing_parties - 1,
         echo_owner=False,
         time_limit=240,
-        wrap_command=as_worker,
+        wrap_command=script_parties(Path(__file__).resolve()),
     )
     assert result.ok, result.report()
     sums = json.loads((tmp_path / "sums.json").read_text())
@@ -64,15 +60,12 @@ def test_direct_exchange_sums_what_the_ring_sums(tmp_path, computing_parties):
 
 
 def _party(argv: list[str]) -> None:
-    from securemark_mpc.mpc.dealer import serve_triples
-    from securemark_mpc.mpc.launcher import parse_party_arguments
-    from securemark_mpc.mpc.session import start_crypten
+    from securemark_mpc.mpc.launcher import start_script_party
 
-    address, run_root = parse_party_arguments(argv)
-    crypten = start_crypten(address, provider="ttp", timeout_seconds=120)
-    if address.is_dealer:
-        serve_triples(crypten)
-        return
+    started = start_script_party(argv)
+    if started is None:
+        return  # the dealer
+    crypten, address, run_root = started
     comm = crypten.communicator.get()
     ring = type(comm).all_reduce.ring
     sums = {}

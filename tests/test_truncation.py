@@ -66,19 +66,15 @@ def test_division_refuses_a_divisor_below_one():
 
 @pytest.mark.mpc
 def test_lean_truncation_opens_what_cryptens_opens_with_three_parties(tmp_path):
-    from securemark_mpc.mpc.launcher import launch_local
+    from securemark_mpc.mpc.launcher import launch_local, script_parties
     from securemark_mpc.run_folder import RunFolder
-
-    def as_worker(rank: int, command: list[str]) -> list[str]:
-        # command = [python, -m, securemark_mpc.mpc.party, --rank, ...]: keep the party args
-        return [command[0], str(Path(__file__).resolve()), *command[3:]]
 
     result = launch_local(
         run=RunFolder(tmp_path),
         data_owners=2,
         echo_owner=False,
         time_limit=240,
-        wrap_command=as_worker,
+        wrap_command=script_parties(Path(__file__).resolve()),
     )
     assert result.ok, result.report()
     opened = json.loads((tmp_path / "truncation.json").read_text())
@@ -97,15 +93,12 @@ def test_lean_truncation_opens_what_cryptens_opens_with_three_parties(tmp_path):
 
 def _party(argv: list[str]) -> None:
     """One party: truncate the same shared values with both protocols, open to rank 0."""
-    from securemark_mpc.mpc.dealer import serve_triples
-    from securemark_mpc.mpc.launcher import parse_party_arguments
-    from securemark_mpc.mpc.session import start_crypten
+    from securemark_mpc.mpc.launcher import start_script_party
 
-    address, run_root = parse_party_arguments(argv)
-    crypten = start_crypten(address, provider="ttp", timeout_seconds=120)
-    if address.is_dealer:
-        serve_triples(crypten)
-        return
+    started = start_script_party(argv)
+    if started is None:
+        return  # the dealer
+    crypten, address, run_root = started
     primitives = crypten.mpc.primitives
     beaver = primitives.beaver
     values = torch.randint(-(2**32), 2**32, (4096,), generator=torch.Generator().manual_seed(0))

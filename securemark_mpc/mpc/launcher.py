@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from securemark_mpc.mpc.auth import ensure_secret
 from securemark_mpc.mpc.session import SECRET_FILE_VARIABLE, PartyAddress, role_name
@@ -115,6 +116,35 @@ def parse_party_arguments(argv: list[str]) -> tuple[PartyAddress, Path]:
     args, _ = parser.parse_known_args(argv)
     address = PartyAddress(rank=args.rank, world_size=args.world_size, rendezvous=args.rendezvous)
     return address, args.run
+
+
+def script_parties(script: Path, *arguments: str) -> Callable[[int, list[str]], list[str]]:
+    """A `wrap_command` that starts `script` (with `arguments`) as every rank, in place of
+    `securemark_mpc.mpc.party`, passing the party arguments on: benchmarks and MPC unit
+    tests that are their own party entry point (see :func:`start_script_party`)."""
+
+    def wrap(rank: int, command: list[str]) -> list[str]:
+        # command = [python, -m, securemark_mpc.mpc.party, --rank, ...]: keep the party args
+        return [command[0], str(script), *arguments, *command[3:]]
+
+    return wrap
+
+
+def start_script_party(
+    argv: list[str], *, timeout_seconds: float = 120
+) -> tuple[Any, PartyAddress, Path] | None:
+    """Start CrypTen (TTP dealer) as the rank `argv` names, for a `script_parties` entry
+    point: the computing ranks get (crypten, address, run folder); the dealer serves
+    triples until they are done and gets None."""
+    from securemark_mpc.mpc.dealer import serve_triples
+    from securemark_mpc.mpc.session import start_crypten
+
+    address, run_root = parse_party_arguments(argv)
+    crypten = start_crypten(address, provider="ttp", timeout_seconds=timeout_seconds)
+    if address.is_dealer:
+        serve_triples(crypten)
+        return None
+    return crypten, address, run_root
 
 
 def launch_local(
