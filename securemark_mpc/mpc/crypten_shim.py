@@ -22,6 +22,10 @@ Why each patch exists (see DESIGN.md, "Known CrypTen 0.4.1 pitfalls"):
   all-reduce (`securemark_mpc.mpc.direct_exchange`).
 * Pseudo-random shares come from AES-128 in counter mode instead of the Mersenne
   Twister (`securemark_mpc.mpc.keystream`): cryptographic, and 4× cheaper.
+* CrypTen decodes a negative fixed-point value by dividing by the scale less one,
+  which puts a value just above a negative integer −k (by less than k units of 2^-16)
+  one whole unit low: −131,071/2^16 = −1.99998 came back as −2.99998 (a cut value
+  revealed during training, a weight at the end). Decoding floors by the scale.
 * Every attribute lookup on a CrypTensor asked CrypTen's (omegaconf) config whether
   its debug validation mode is on, a few µs each and thousands of times per batch;
   with validation off (CrypTen's default, never changed here) the lookup is used
@@ -202,6 +206,27 @@ def _kernel_gradient(
     return grad.narrow(2, 0, kernel_y).narrow(3, 0, kernel_x)
 
 
+def _exact_fixed_point_decode() -> None:
+    from crypten.encoder import FixedPointEncoder
+
+    original = FixedPointEncoder.decode
+    if hasattr(original, "crypten_original"):
+        return
+
+    @functools.wraps(original)
+    def decode(self: Any, tensor: Any) -> Any:
+        """value = whole + fraction/scale with whole = ⌊t/scale⌋, so fraction ∈ [0, scale),
+        summed in float64 and rounded to float32 once."""
+        if tensor is None or self._scale <= 1:
+            return original(self, tensor)
+        whole = tensor.div(self._scale, rounding_mode="floor")
+        fraction = tensor - whole * self._scale
+        return (whole.double() + fraction.double() / self._scale).float()
+
+    decode.crypten_original = original  # type: ignore[attr-defined]
+    FixedPointEncoder.decode = decode
+
+
 def _lookup_without_validation_check() -> None:
     from crypten.config import cfg
     from crypten.cryptensor import CrypTensor
@@ -220,6 +245,7 @@ def load_crypten(*, timeout_seconds: float = COMM_TIMEOUT_SECONDS) -> Any:
         import crypten
 
         _conv2d_backward_only_what_is_needed()
+        _exact_fixed_point_decode()
         _lookup_without_validation_check()
         keystream.register(crypten)
         fast_beaver.register(crypten)
