@@ -23,9 +23,9 @@ Why each patch exists (see DESIGN.md, "Known CrypTen 0.4.1 pitfalls"):
 * Pseudo-random shares come from AES-128 in counter mode instead of the Mersenne
   Twister (`securemark_mpc.mpc.keystream`): cryptographic, and 4× cheaper.
 * CrypTen decodes a negative fixed-point value by dividing by the scale less one,
-  which puts a value just above a negative integer −k (by less than k units of 2^-16)
-  one whole unit low: −131,071/2^16 = −1.99998 came back as −2.99998 (a cut value
-  revealed during training, a weight at the end). Decoding floors by the scale.
+  which puts a value 1 to k − 1 units of 2^-16 above a negative integer −k one whole
+  unit low: −131,071/2^16 = −1.99998 came back as −2.99998 (a cut value revealed
+  during training, a weight at the end). Decoding floors by the scale.
 * Every attribute lookup on a CrypTensor asked CrypTen's (omegaconf) config whether
   its debug validation mode is on, a few µs each and thousands of times per batch;
   with validation off (CrypTen's default, never changed here) the lookup is used
