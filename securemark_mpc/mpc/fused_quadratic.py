@@ -43,15 +43,9 @@ def register(crypten: Any) -> None:
         divisor = denominator * linear.encoder.scale
         total = raw_product.share * numerator + linear.share * divisor
         result = primitives.ArithmeticSharedTensor.from_shares(total, precision=0)
-        if crypten.communicator.get().get_world_size() > 2:
-            # CrypTen's truncation (beaver.truncate), with the wrap correction 2^64 // d
-            # exact also for a divisor d that is not a power of two (CrypTen rounds it
-            # as 4·(2^62 // d), off by up to 3 units per wrap).
-            wraps = primitives.beaver.wraps(result)
-            result.share = result.share.div_(divisor, rounding_mode="trunc")
-            result.share -= (wraps * (2**64 // divisor)).share
-        else:
-            result.div_(divisor)  # two parties: each truncates its own share
+        # with more than two parties the dealer truncation of fast_truncation, whose wrap
+        # correction 2^64 // d is exact also for a divisor d that is not a power of two
+        result.div_(divisor)
         return crypten.mpc.MPCTensor.from_shares(result.share)
 
     @gradients.register_function(NAME)
